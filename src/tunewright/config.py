@@ -1,0 +1,217 @@
+"""The run configuration: one typed pydantic model per concern, loaded from YAML plus `--set a.b=v`.
+
+Unknown keys are rejected with a "did you mean" hint (axolotl's untyped dict reads a typo as None;
+we refuse it). Values that depend on data or hardware may be `auto`; `train.resolve` replaces them
+and the resolved config is written to the run directory.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import UserError
+
+Auto = Literal["auto"]
+DataPaths = Union[str, list[str]]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    train: DataPaths | None = None
+    validation: DataPaths | None = None
+    validation_split: float = Field(0.0, ge=0.0, lt=1.0)
+    format: Literal["auto", "alpaca", "messages", "sharegpt", "completion", "text"] = "auto"
+    max_seq_len: int = Field(1024, ge=8)
+    packing: bool = True
+    on_bad_rows: Literal["fail", "skip"] = "fail"
+    train_on: Literal["assistant", "all"] = "assistant"
+    seed: int = 42
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, ge=1)
+    alpha: float = 32
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: Union[str, list[str]] = "all-linear"
+
+
+class FreezeConfig(_Section):
+    trainable_layers: int = Field(2, ge=0)
+
+
+class TrainConfig(_Section):
+    epochs: float | Auto = "auto"
+    max_steps: int | None = None
+    learning_rate: float | Auto = "auto"
+    batch_size: int | Auto = "auto"
+    micro_batch_tokens: int | Auto = "auto"
+    warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False
+    chunked_loss: bool = True
+    eval_every: int | Auto = "auto"
+    save_every: int | Auto = "auto"
+    save_total_limit: int = Field(2, ge=1)
+    early_stopping_patience: int | None = None
+    log_every: int = Field(1, ge=1)
+    seed: int = 42
+    report_to: list[str] = Field(default_factory=list)
+    compile: bool = False
+    threads: int | Auto = "auto"
+
+
+class EvalConfig(_Section):
+    compare_base: bool = True
+    after_train: bool = True
+    max_new_tokens: int = Field(256, ge=1)
+    limit: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    batch_size: int = 8
+    data: DataPaths | None = None
+
+
+class RunConfig(_Section):
+    model: str = "smollm2-135m-instruct"
+    method: Literal["lora", "dora", "qlora", "full", "freeze"] = "lora"
+    data: DataConfig = Field(default_factory=DataConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    freeze: FreezeConfig = Field(default_factory=FreezeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output_dir: str | None = None
+    trust_remote_code: bool = False
+    chat_template: str | None = None  # set when the model had none and ChatML was used
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_known_keys(ann, prefix + name + "."))
+    return keys
+
+
+def _suggest(key_path: str) -> str:
+    close = difflib.get_close_matches(key_path, _known_keys(RunConfig), n=1, cutoff=0.6)
+    if not close:
+        leaf = key_path.rsplit(".", 1)[-1]
+        leaves = {k.rsplit(".", 1)[-1]: k for k in _known_keys(RunConfig)}
+        hit = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)
+        close = [leaves[hit[0]]] if hit else []
+    return f"did you mean '{close[0]}'?" if close else "see the config keys in the README"
+
+
+def _explain(err: ValidationError, source: str) -> UserError:
+    """Turn pydantic's error list into one message naming each key path and the fix."""
+    lines, fixes = [], []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "literal[")))
+        # pydantic reports union members separately; keep only the first per key path
+        if any(line.startswith(f"{path}:") for line in lines):
+            continue
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown key")
+            fixes.append(_suggest(path))
+        else:
+            lines.append(f"{path}: {e['msg']} (got {e.get('input')!r})")
+    message = f"{source}: invalid config: " + "; ".join(lines)
+    return UserError(message, "; ".join(fixes) or "correct the value (see the config keys in the README)")
+
+
+def parse_value(text: str) -> Any:
+    """`--set` values are YAML scalars: 3e-4, true, null, [q_proj, v_proj] all mean what they look like."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=value` strings onto a nested dict (copy-on-write)."""
+    raw = _deep_copy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value", "write it as --set train.learning_rate=1e-4")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = parse_value(value)
+    return raw
+
+
+def _deep_copy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deep_copy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deep_copy(v) for v in d]
+    return d
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found", "check the path, or run without a config and use flags")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})", "fix the YAML syntax at that line") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: the config must be a mapping of keys to values", "see the example configs in examples/")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **fields: Any) -> RunConfig:
+    """Build a RunConfig from an optional YAML file, then keyword fields, then `--set` overrides."""
+    raw = read_yaml(path) if path else {}
+    for key, value in fields.items():
+        if value is not None:
+            _set_path(raw, key.split("__"), value)
+    raw = apply_overrides(raw, overrides or [])
+    source = str(path) if path else "config"
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise _explain(e, source) from None
+
+
+def _set_path(raw: dict, parts: list[str], value: Any) -> None:
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(to_yaml(config), encoding="utf-8")
