@@ -1,0 +1,41 @@
+"""tunewright: fine-tune open language models on your examples, prove it beats the base, ship it."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .config import RunConfig, load_config
+from .errors import UserError
+
+
+def train(config, resume: bool = False):
+    """Fine-tune per `config` (a RunConfig or a YAML path); returns a RunResult."""
+    from .train import train as _train
+
+    return _train(config if isinstance(config, RunConfig) else load_config(config), resume=resume)
+
+
+def evaluate(run_or_model: str, data, **kwargs):
+    from .evaluate import evaluate as _evaluate
+
+    return _evaluate(run_or_model, data=data, **kwargs)
+
+
+def merge(run: str, output: str):
+    from .export import merge as _merge
+
+    return _merge(run, output)
+
+
+def export(run: str, fmt: str = "hf", quant: str = "f16", output: str | None = None):
+    from .export import export as _export
+
+    return _export(run, fmt=fmt, quant=quant, output=output)
+
+
+def serve(models, **kwargs):
+    from .serve import serve as _serve
+
+    return _serve(models, **kwargs)
+
+
+__all__ = ["RunConfig", "UserError", "evaluate", "export", "load_config", "merge", "serve", "train"]

@@ -1,0 +1,203 @@
+"""The command line: a thin layer that parses flags and calls one function of the Python API."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune open language models, prove it, ship it.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect training data.")
+app.add_typer(data_app, name="data")
+err = Console(stderr=True)
+
+
+def _friendly(fn):
+    """User mistakes become one red line and exit code 2; anything else is a bug (traceback, exit 1)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            err.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True, soft_wrap=True)
+            if e.fix:
+                err.print(f"[yellow]fix:[/] {e.fix}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            err.print("[red]interrupted[/]")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+@data_app.command("check")
+@_friendly
+def data_check(
+    data: list[str] = typer.Argument(..., help="Files or folders (JSONL, JSON, CSV, Parquet)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Tokenizer and chat template to measure with (default: the embedded SmolLM2)."),
+    max_seq_len: int = typer.Option(1024, "--max-seq-len", help="Length above which examples would be truncated."),
+    fmt: str = typer.Option("auto", "--format", help="auto | alpaca | messages | sharegpt | completion | text"),
+    validation: Optional[str] = typer.Option(None, "--validation", help="A validation file to check for overlap with the training data."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """Validate data files and report sizes, token lengths, duplicates and dataset-size guidance."""
+    from .data.check import check_data, print_check_report
+
+    report = check_data(data, model=model, max_seq_len=max_seq_len, fmt=fmt, validation=validation)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        print_check_report(report)
+    if report.get("bad_rows"):
+        raise typer.Exit(2)
+
+
+@app.command()
+@_friendly
+def train(
+    config: Optional[Path] = typer.Argument(None, help="YAML config (optional: flags and defaults suffice)."),
+    model: Optional[str] = typer.Option(None, "--model"),
+    data: Optional[list[str]] = typer.Option(None, "--data", help="Training data file or folder (repeatable)."),
+    method: Optional[str] = typer.Option(None, "--method", help="lora | dora | qlora | full | freeze"),
+    output: Optional[str] = typer.Option(None, "--output", help="Run directory."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a config key: --set train.learning_rate=1e-4"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
+):
+    """Fine-tune a model on your examples."""
+    from .config import load_config
+    from .train import train as run_train
+
+    fields = {"model": model, "method": method, "output_dir": output}
+    if data:
+        fields["data__train"] = data[0] if len(data) == 1 else data
+    cfg = load_config(config, overrides=set_ or [], **fields)
+    run_train(cfg, resume=resume)
+
+
+@app.command()
+@_friendly
+def quickstart(
+    output: str = typer.Option("runs/quickstart", "--output"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Cap the number of optimizer steps."),
+):
+    """The whole path on the embedded SmolLM2 and the example data: train, compare with the base, what next."""
+    from .quickstart import run_quickstart
+
+    run_quickstart(output, max_steps=steps)
+
+
+@app.command("eval")
+@_friendly
+def eval_(
+    run_or_model: str = typer.Argument(..., help="A run directory, adapter folder, or model."),
+    data: list[str] = typer.Option(..., "--data", help="Held-out examples."),
+    compare_base: Optional[bool] = typer.Option(None, "--compare-base/--no-compare-base", help="Also evaluate the base model (default: on for runs)."),
+    limit: Optional[int] = typer.Option(None, "--limit"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+    temperature: float = typer.Option(0.0, "--temperature"),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    scorer: Optional[str] = typer.Option(None, "--scorer", help="module:function(prompt, reference, answer) -> float"),
+    output: Optional[str] = typer.Option(None, "--output", help="Where eval/ goes (default: the run directory)."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Evaluate on held-out examples, optionally against the base model, with confidence intervals."""
+    from .evaluate import evaluate
+
+    evaluate(run_or_model, data=data, compare_base=compare_base, limit=limit, max_new_tokens=max_new_tokens,
+             temperature=temperature, top_p=top_p, scorer=scorer, output_dir=output, as_json=as_json)
+
+
+@app.command()
+@_friendly
+def chat(
+    run_or_model: str = typer.Argument(...),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Answer once and exit."),
+    system: Optional[str] = typer.Option(None, "--system"),
+    base: bool = typer.Option(False, "--base", help="Show the base model's answer beside it."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+    temperature: float = typer.Option(0.0, "--temperature"),
+):
+    """Chat with a model in the terminal."""
+    from .evaluate.chat import chat as run_chat
+
+    run_chat(run_or_model, prompt=prompt, system=system, show_base=base, max_new_tokens=max_new_tokens, temperature=temperature)
+
+
+@app.command()
+@_friendly
+def merge(run: str = typer.Argument(...), output: str = typer.Option(..., "--output")):
+    """Merge a LoRA/DoRA adapter into its base and save a standalone model."""
+    from .export import merge as run_merge
+
+    run_merge(run, output)
+
+
+@app.command()
+@_friendly
+def export(
+    run: str = typer.Argument(...),
+    fmt: str = typer.Option("hf", "--format", help="hf | gguf"),
+    quant: str = typer.Option("f16", "--quant", help="f32 | f16 | q8_0 (gguf)"),
+    output: str = typer.Option(..., "--output"),
+):
+    """Export a run as Hugging Face safetensors or GGUF (+ Ollama Modelfile)."""
+    from .export import export as run_export
+
+    run_export(run, fmt=fmt, quant=quant, output=output)
+
+
+@app.command()
+@_friendly
+def serve(
+    models: list[str] = typer.Argument(..., help="Run directories, adapters or models to serve."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TUNEWRIGHT_API_KEY"),
+    database: Optional[str] = typer.Option(None, "--database", help="Jobs database URL (default: sqlite in ./runs)."),
+    max_batch_size: int = typer.Option(16, "--max-batch-size"),
+    engine: str = typer.Option("torch", "--engine", help="torch | vllm"),
+):
+    """Serve models with an OpenAI-compatible API."""
+    from .serve import serve as run_serve
+
+    run_serve(models, host=host, port=port, api_key=api_key, database=database, max_batch_size=max_batch_size, engine=engine)
+
+
+@app.command()
+@_friendly
+def estimate(
+    model: str = typer.Option("smollm2-135m-instruct", "--model"),
+    method: str = typer.Option("lora", "--method"),
+    seq_len: int = typer.Option(1024, "--seq-len"),
+    gpu_memory: Optional[str] = typer.Option(None, "--gpu-memory", help="e.g. 16GB"),
+    micro_batch: int = typer.Option(1, "--micro-batch"),
+):
+    """Estimate memory for a model, method and sequence length."""
+    from .train.estimate import estimate as run_estimate
+
+    run_estimate(model, method=method, seq_len=seq_len, gpu_memory=gpu_memory, micro_batch=micro_batch)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@_friendly
+def bench(ctx: typer.Context):
+    """Benchmark tunewright against Transformers Trainer + PEFT and TRL, side by side (see benchmarks/)."""
+    from .bench import main as bench_main
+
+    bench_main(list(ctx.args))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Shared fixtures: tiny randomly initialised models and real (tiny) tokenizers built offline.
+
+Each tokenizer is a byte-level BPE trained here on the example data, with the special tokens and
+chat template of a real model family, so template rendering and masks are exercised for real.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples" / "stdlib-qa"
+
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'system' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% else %}{{ ' ' + message['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+FAMILIES = {
+    # family: (special tokens, bos, eos, template, add_bos)
+    "chatml": (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|im_start|>", "<|im_end|>", CHATML_TEMPLATE, False),
+    "llama3": (
+        ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|finetune_right_pad_id|>"],
+        "<|begin_of_text|>", "<|eot_id|>", LLAMA3_TEMPLATE, True,
+    ),
+    "mistral": (["<unk>", "<s>", "</s>"], "<s>", "</s>", MISTRAL_TEMPLATE, True),
+}
+
+
+def _training_text() -> list[str]:
+    lines = []
+    for f in ("train.jsonl", "test.jsonl"):
+        for line in (EXAMPLES / f).read_text().splitlines():
+            for m in json.loads(line)["messages"]:
+                lines.append(m["content"])
+    return lines + ["hello world", "the quick brown fox jumps over the lazy dog"]
+
+
+def build_tokenizer(family: str = "chatml", vocab_size: int = 700):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials, bos, eos, template, add_bos = FAMILIES[family]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_training_text(), trainer)
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.token_to_id(bos))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=specials[0] if family == "mistral" else None)
+    fast.chat_template = template
+    return fast
+
+
+def build_tiny_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 64):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def save_tiny(tmp: Path, family: str = "chatml", seed: int = 0, layers: int = 2) -> Path:
+    tokenizer = build_tokenizer(family)
+    model = build_tiny_model(tokenizer, seed=seed, layers=layers)
+    out = tmp / f"tiny-{family}"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama with a ChatML BPE tokenizer, saved as a normal Hugging Face folder."""
+    return save_tiny(tmp_path_factory.mktemp("models"), "chatml")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama3_dir(tmp_path_factory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("models"), "llama3")
+
+
+@pytest.fixture(scope="session", params=["chatml", "llama3", "mistral"])
+def tokenizer_family(request):
+    return request.param, build_tokenizer(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Each test gets its own tunewright cache, except the dequantized real model (shared, slow to make)."""
+    monkeypatch.setenv("TUNEWRIGHT_TOKENIZED_CACHE", str(tmp_path / "tokcache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def chat_rows() -> list[dict]:
+    rows = []
+    for i in range(40):
+        rows.append({"messages": [
+            {"role": "user", "content": f"What is {i} plus {i}?"},
+            {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
+        ]})
+    return rows
