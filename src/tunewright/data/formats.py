@@ -1,0 +1,230 @@
+"""Detect each file's format and turn its records into the one Conversation type, or into BadRows.
+
+Formats (DESIGN.md, "Data"): alpaca, messages (OpenAI chat, per-message `weight`), sharegpt,
+completion and text. Every check names the field, so a bad row says exactly what to fix.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import UserError
+from .conversation import BadRow, Conversation, LoadedRows, Message
+from .readers import Record, expand_paths, read_file
+
+FORMATS = ("alpaca", "messages", "sharegpt", "completion", "text")
+MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant", "model": "assistant"}
+_DETECT_SAMPLE = 50
+
+
+class RowError(Exception):
+    """One problem in one row: the field it is in, why, and how to fix it."""
+
+    def __init__(self, field: str, reason: str, fix: str):
+        super().__init__(reason)
+        self.field, self.reason, self.fix = field, reason, fix
+
+
+def format_of_row(row: dict) -> str | None:
+    """The format a single row's keys say it is in, or None."""
+    if "messages" in row:
+        return "messages"
+    if "conversations" in row:
+        return "sharegpt"
+    if "instruction" in row and "output" in row:
+        return "alpaca"
+    if "prompt" in row and "completion" in row:
+        return "completion"
+    if "text" in row:
+        return "text"
+    return None
+
+
+def detect_format(records: list[Record]) -> str | None:
+    """The most common row format among the first rows of a file (files hold one format)."""
+    votes = Counter(f for f in (format_of_row(r.row) for r in records[:_DETECT_SAMPLE]) if f)
+    return votes.most_common(1)[0][0] if votes else None
+
+
+def undetected_row(path: str, records: list[Record]) -> BadRow:
+    keys = sorted({k for r in records[:_DETECT_SAMPLE] for k in r.row})
+    return BadRow(
+        f"{path}:0", "format", f"cannot tell the data format from the columns {keys}",
+        "use messages, conversations, instruction/output, prompt/completion or text columns, or set data.format",
+    )
+
+
+def to_conversations(records: list[Record], fmt: str) -> tuple[list[Conversation], list[BadRow]]:
+    """Convert every record with the file's format; rows that do not fit become BadRows."""
+    convert = CONVERTERS[fmt]
+    good, bad = [], []
+    for rec in records:
+        try:
+            good.append(convert(rec.row, rec.source))
+        except RowError as e:
+            bad.append(BadRow(rec.source, e.field, e.reason, e.fix))
+    return good, bad
+
+
+EMPTY_REPLY_FIX = "write the answer the model should give, or drop the row"
+
+
+def check_turns(msgs: list[Message], key: str, role_attr: str, content_attr: str, offset: int = 0) -> None:
+    """A chat must have a non-empty answer in every assistant turn and end with one.
+
+    `key`/`role_attr`/`content_attr` name the row's own fields (messages[i].content, conversations[i].value),
+    and `offset` counts turns added before the row's list (a sharegpt `system` column).
+    """
+    if not msgs:
+        raise RowError(key, "no messages", "give each example at least a user and an assistant message")
+    for i, m in enumerate(msgs):
+        if m.role == "assistant" and not m.content.strip():
+            raise RowError(f"{key}[{i - offset}].{content_attr}", "empty assistant reply", EMPTY_REPLY_FIX)
+    if msgs[-1].role != "assistant":
+        raise RowError(f"{key}[{len(msgs) - 1 - offset}].{role_attr}", f"conversation ends with a {msgs[-1].role} turn, not an assistant turn",
+                       "end every example with the assistant's answer (drop the trailing turn)")
+
+
+def _text(row: dict, key: str, required: bool = True, field: str | None = None) -> str:
+    """A string field; missing, null, or non-string values raise RowError naming the field."""
+    field = field or key
+    value = row.get(key)
+    if value is None:
+        if required:
+            raise RowError(field, "missing field", f"add a '{key}' string to the row")
+        return ""
+    if not isinstance(value, str):
+        raise RowError(field, f"expected a string, got {type(value).__name__}", f"make '{key}' a string")
+    return value
+
+
+def _alpaca(row: dict, source: str) -> Conversation:
+    instruction = _text(row, "instruction")
+    extra = _text(row, "input", required=False)
+    output = _text(row, "output")
+    system = _text(row, "system", required=False)
+    if not (instruction.strip() or extra.strip()):
+        raise RowError("instruction", "empty instruction", "write the instruction the answer responds to")
+    if not output.strip():
+        raise RowError("output", "empty assistant reply", EMPTY_REPLY_FIX)
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    msgs = ([Message("system", system)] if system.strip() else []) + [Message("user", user), Message("assistant", output)]
+    return Conversation(tuple(msgs), source=source)
+
+
+def _completion(row: dict, source: str) -> Conversation:
+    prompt = _text(row, "prompt")
+    completion = _text(row, "completion")
+    if not completion.strip():
+        raise RowError("completion", "empty assistant reply", EMPTY_REPLY_FIX)
+    return Conversation((Message("user", prompt), Message("assistant", completion)), source=source)
+
+
+def _raw_text(row: dict, source: str) -> Conversation:
+    text = _text(row, "text")
+    if not text.strip():
+        raise RowError("text", "empty text", "drop the row or give it text")
+    return Conversation(text=text, source=source)
+
+
+def _turns(row: dict, key: str) -> list:
+    turns = row.get(key)
+    if turns is None:
+        raise RowError(key, "missing field", f"add a '{key}' list to the row")
+    if not isinstance(turns, list):
+        raise RowError(key, f"expected a list, got {type(turns).__name__}", f"make '{key}' a list of turns")
+    if not turns:
+        raise RowError(key, "empty list", "give each example at least a user and an assistant turn")
+    return turns
+
+
+def _content(value: Any, field: str) -> str:
+    """Message content: a string, or OpenAI's list of text parts joined."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value):
+        return "".join(p["text"] for p in value)
+    if value is None:
+        raise RowError(field, "missing field", "give every message its text content")
+    raise RowError(field, f"expected a string, got {type(value).__name__}", "make the content a string (only text parts are supported)")
+
+
+def _weight(value: Any, field: str) -> bool | None:
+    if value is None:
+        return None
+    if value in (0, 1) and not isinstance(value, float) or isinstance(value, bool):
+        return bool(value)
+    raise RowError(field, f"weight must be 0 or 1, got {value!r}", "use 0 to keep a turn out of the loss, 1 to train it")
+
+
+def _messages(row: dict, source: str) -> Conversation:
+    msgs = []
+    for i, m in enumerate(_turns(row, "messages")):
+        if not isinstance(m, dict):
+            raise RowError(f"messages[{i}]", f"expected an object, got {type(m).__name__}", "write each message as {\"role\": ..., \"content\": ...}")
+        role = _role(m.get("role"), MESSAGE_ROLES, f"messages[{i}].role")
+        weight = _weight(m.get("weight"), f"messages[{i}].weight")
+        if weight is not None and role != "assistant":
+            weight = None  # OpenAI: weight only applies to assistant messages
+        msgs.append(Message(role, _content(m.get("content"), f"messages[{i}].content"), weight))
+    check_turns(msgs, "messages", "role", "content")
+    return Conversation(tuple(msgs), source=source)
+
+
+def _sharegpt(row: dict, source: str) -> Conversation:
+    msgs = []
+    system = row.get("system")
+    system_added = isinstance(system, str) and bool(system.strip())
+    if system_added:
+        msgs.append(Message("system", system))
+    for i, m in enumerate(_turns(row, "conversations")):
+        if not isinstance(m, dict):
+            raise RowError(f"conversations[{i}]", f"expected an object, got {type(m).__name__}", "write each turn as {\"from\": ..., \"value\": ...}")
+        role = _role(m.get("from"), SHAREGPT_ROLES, f"conversations[{i}].from")
+        msgs.append(Message(role, _content(m.get("value"), f"conversations[{i}].value")))
+    check_turns(msgs, "conversations", "from", "value", offset=1 if system_added else 0)
+    return Conversation(tuple(msgs), source=source)
+
+
+def _role(value: Any, roles: dict[str, str], field: str) -> str:
+    if value is None:
+        raise RowError(field, "missing field", "give every turn a role")
+    if not isinstance(value, str) or value.lower() not in roles:
+        known = ", ".join(sorted(roles))
+        raise RowError(field, f"unknown role {value!r}", f"use one of: {known}")
+    return roles[value.lower()]
+
+
+CONVERTERS: dict[str, Callable[[dict, str], Conversation]] = {
+    "alpaca": _alpaca,
+    "messages": _messages,
+    "sharegpt": _sharegpt,
+    "completion": _completion,
+    "text": _raw_text,
+}
+
+
+def load_conversations(paths: str | Path | list, fmt: str = "auto") -> LoadedRows:
+    """Read files, lists of files or folders into Conversations, collecting (never raising for) bad rows."""
+    if fmt not in ("auto", *FORMATS):
+        raise UserError(f"data format '{fmt}' is not known", f"use auto or one of: {', '.join(FORMATS)}")
+    files, bad = expand_paths(paths)
+    loaded = LoadedRows(bad_rows=bad)
+    for path in files:
+        read = read_file(path)
+        loaded.bad_rows.extend(read.bad_rows)
+        loaded.rows_per_file[read.path] = read.rows
+        if not read.records:
+            loaded.formats[read.path] = fmt if fmt != "auto" else "unknown"
+            continue
+        file_fmt = fmt if fmt != "auto" else detect_format(read.records)
+        loaded.formats[read.path] = file_fmt or "unknown"
+        if file_fmt is None:
+            loaded.bad_rows.append(undetected_row(read.path, read.records))
+            continue
+        good, bad_rows = to_conversations(read.records, file_fmt)
+        loaded.conversations.extend(good)
+        loaded.bad_rows.extend(bad_rows)
+    return loaded
