@@ -1,0 +1,109 @@
+"""Turn tokenized examples into optimizer steps and token-budget micro-batches.
+
+Every micro-batch is a list of rows; a row holds one example (padded batches) or several
+(packing). Rows carry restarted `position_ids` and no attention mask: transformers then keeps each
+example (and the padding tail) in its own causal block, so packed rows never attend across
+examples (see DESIGN.md, "Facts measured here": this needs use_cache=False).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..data.templates import TokenizedExample
+
+
+@dataclass
+class MicroBatch:
+    input_ids: torch.Tensor  # (B, T)
+    labels: torch.Tensor  # (B, T), -100 on untrained and pad positions
+    position_ids: torch.Tensor  # (B, T), restarting at 0 for each example and for the pad tail
+    real_tokens: int  # non-pad tokens
+    trained_tokens: int  # tokens whose loss counts (labels shifted by one)
+
+    @property
+    def padded_tokens(self) -> int:
+        return int(self.input_ids.numel())
+
+
+def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
+    """A seeded permutation per epoch, so the data position after any step is reproducible."""
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    return torch.randperm(n_examples, generator=g).tolist()
+
+
+def steps_per_epoch(n_examples: int, batch_size: int) -> int:
+    return max(1, math.ceil(n_examples / batch_size))
+
+
+def step_example_ids(n_examples: int, batch_size: int, seed: int, step: int) -> tuple[int, list[int]]:
+    """The epoch and example indices of global optimizer step `step` (0-based)."""
+    per_epoch = steps_per_epoch(n_examples, batch_size)
+    epoch, k = divmod(step, per_epoch)
+    order = epoch_order(n_examples, seed, epoch)
+    return epoch, order[k * batch_size:(k + 1) * batch_size]
+
+
+def pack_rows(examples: list[TokenizedExample], row_len: int) -> list[list[TokenizedExample]]:
+    """First-fit-decreasing bin packing of examples into rows of at most `row_len` tokens."""
+    rows: list[list[TokenizedExample]] = []
+    room: list[int] = []
+    for ex in sorted(examples, key=lambda e: len(e.input_ids), reverse=True):
+        n = len(ex.input_ids)
+        for i, free in enumerate(room):
+            if n <= free:
+                rows[i].append(ex)
+                room[i] -= n
+                break
+        else:
+            rows.append([ex])
+            room.append(row_len - n)
+    return rows
+
+
+def group_rows(rows: list[list[TokenizedExample]], token_budget: int) -> list[list[list[TokenizedExample]]]:
+    """Group rows (longest first) into micro-batches whose padded size stays within the budget."""
+    ordered = sorted(rows, key=_row_len, reverse=True)
+    groups: list[list[list[TokenizedExample]]] = []
+    for row in ordered:
+        if groups:
+            g = groups[-1]
+            width = max(_row_len(g[0]), _row_len(row))
+            if width * (len(g) + 1) <= token_budget:
+                g.append(row)
+                continue
+        groups.append([row])
+    return groups
+
+
+def _row_len(row: list[TokenizedExample]) -> int:
+    return sum(len(e.input_ids) for e in row)
+
+
+def collate(rows: list[list[TokenizedExample]], pad_id: int) -> MicroBatch:
+    """Right-pad rows to the longest; the pad tail gets its own position block and no labels."""
+    width = max(_row_len(r) for r in rows)
+    ids, labels, pos = [], [], []
+    real = trained = 0
+    for row in rows:
+        r_ids, r_lab, r_pos = [], [], []
+        for ex in row:
+            r_ids += ex.input_ids
+            # the first token of each example is never a target of the previous one
+            r_lab += [-100] + ex.labels[1:]
+            r_pos += list(range(len(ex.input_ids)))
+            trained += sum(1 for x in ex.labels[1:] if x != -100)
+        real += len(r_ids)
+        pad = width - len(r_ids)
+        ids.append(r_ids + [pad_id] * pad)
+        labels.append(r_lab + [-100] * pad)
+        pos.append(r_pos + list(range(pad)))
+    return MicroBatch(torch.tensor(ids), torch.tensor(labels), torch.tensor(pos), real, trained)
+
+
+def micro_batches(examples: list[TokenizedExample], pad_id: int, token_budget: int, packing: bool, row_len: int) -> list[MicroBatch]:
+    """All micro-batches of one optimizer step (or one evaluation pass)."""
+    rows = pack_rows(examples, row_len) if packing else [[e] for e in examples]
+    return [collate(g, pad_id) for g in group_rows(rows, max(token_budget, row_len))]

@@ -1,0 +1,79 @@
+"""`auto` hyperparameters, chosen from data size, method, model size and hardware.
+
+The rules (also in the README):
+- epochs: 3 under 1,000 examples, 2 under 10,000, else 1 (small sets need repeats; big ones overfit).
+- learning_rate: 2e-4 for LoRA/DoRA/QLoRA, 1e-4 for freeze, 2e-5 for full (1e-5 above 1B parameters).
+- batch_size (examples per optimizer step): 8 under 1,000 examples, 16 under 10,000, else 32.
+- micro_batch_tokens: 4,096 on CPU, 16,384 on a GPU (a forward pass's token budget).
+- precision: bf16 on GPUs that support it, else fp32 (fp16 only when asked).
+- eval_every / save_every: about five evaluations and checkpoints per run.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..config import RunConfig
+
+
+def auto_epochs(n_examples: int) -> float:
+    if n_examples < 1_000:
+        return 3
+    if n_examples < 10_000:
+        return 2
+    return 1
+
+
+def auto_learning_rate(method: str, n_params: int) -> float:
+    if method in ("lora", "dora", "qlora"):
+        return 2e-4
+    if method == "freeze":
+        return 1e-4
+    return 1e-5 if n_params > 1_000_000_000 else 2e-5
+
+
+def auto_batch_size(n_examples: int) -> int:
+    if n_examples < 1_000:
+        return 8
+    if n_examples < 10_000:
+        return 16
+    return 32
+
+
+def auto_precision(device: torch.device) -> str:
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def total_steps(cfg: RunConfig, n_examples: int) -> int:
+    t = cfg.train
+    if t.max_steps:
+        return t.max_steps
+    per_epoch = max(1, math.ceil(n_examples / t.batch_size))
+    return max(1, math.ceil(per_epoch * float(t.epochs)))
+
+
+def resolve_auto(cfg: RunConfig, n_examples: int, n_params: int, device: torch.device) -> RunConfig:
+    """A copy of `cfg` with every `auto` replaced by its value (what goes into config.yaml)."""
+    cfg = cfg.model_copy(deep=True)
+    t = cfg.train
+    if t.epochs == "auto":
+        t.epochs = auto_epochs(n_examples)
+    if t.learning_rate == "auto":
+        t.learning_rate = auto_learning_rate(cfg.method, n_params)
+    if t.batch_size == "auto":
+        t.batch_size = min(auto_batch_size(n_examples), max(1, n_examples))
+    if t.micro_batch_tokens == "auto":
+        t.micro_batch_tokens = 16_384 if device.type == "cuda" else 4_096
+    if t.precision == "auto":
+        t.precision = auto_precision(device)
+    steps = total_steps(cfg, n_examples)
+    if t.eval_every == "auto":
+        t.eval_every = max(1, steps // 5)
+    if t.save_every == "auto":
+        t.save_every = t.eval_every
+    if t.threads == "auto":
+        t.threads = torch.get_num_threads()
+    return cfg

@@ -1,0 +1,229 @@
+"""The training loop: one function, read top to bottom, the same for every method.
+
+Gradient accumulation divides the summed loss of every micro-batch by the number of trained
+tokens in the whole optimizer step, so 8 examples in one pass and 2 x 4 accumulated give the
+same gradient (a per-micro-batch mean, as many tools use, weights short examples too much).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..config import RunConfig
+from ..data.templates import TokenizedExample
+from ..errors import UserError
+from . import checkpoint as ckpt
+from .batching import MicroBatch, micro_batches, step_example_ids, steps_per_epoch
+from .hparams import total_steps
+from .loss import select_trained_positions, token_loss_sum
+from .progress import TrainProgress, peak_memory_bytes
+
+
+class TrainingDiverged(UserError):
+    """Loss became NaN or infinite: stop, keep the last good checkpoint."""
+
+
+class TokenLoss(torch.nn.Module):
+    """A causal LM whose forward returns the summed cross-entropy over trained tokens.
+
+    Wrapping (rather than calling the backbone from outside) keeps DDP/FSDP hooks in the path.
+    """
+
+    def __init__(self, model, chunked: bool = True):
+        super().__init__()
+        self.model = model
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        head = base.get_output_embeddings()
+        backbone = getattr(base, getattr(base, "base_model_prefix", "model"), None)
+        plain_head = type(head) is torch.nn.Linear and not getattr(base.config, "final_logit_softcapping", None)
+        self.fast = chunked and plain_head and backbone is not None and not hasattr(base.config, "logit_scale")
+        self._backbone, self._head = (backbone, head) if self.fast else (None, None)
+
+    def forward(self, input_ids, position_ids, labels):
+        if self.fast:
+            hidden = self._backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+            h, targets = select_trained_positions(hidden, labels)
+            return token_loss_sum(h, self._head.weight, targets, self._head.bias)
+        logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), reduction="sum", ignore_index=-100)
+
+
+@dataclass
+class LoopResult:
+    steps: int = 0
+    trained_tokens: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    train_seconds: float = 0.0
+    final_loss: float | None = None
+    final_eval_loss: float | None = None
+    best_eval_loss: float | None = None
+    best_checkpoint: str | None = None
+    stopped_early: bool = False
+    peak_memory_bytes: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def make_scheduler(optimizer, name: str, warmup: int, total: int):
+    from transformers import get_scheduler
+
+    return get_scheduler(name if name != "constant" else "constant_with_warmup", optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+
+def make_optimizer(params, lr: float, weight_decay: float, device: torch.device):
+    fused = device.type == "cuda"  # fused AdamW has a CUDA kernel; on CPU the foreach path is the fast one
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+def _batches(examples: list[TokenizedExample], cfg: RunConfig, pad_id: int) -> list[MicroBatch]:
+    return micro_batches(examples, pad_id, int(cfg.train.micro_batch_tokens), cfg.data.packing, cfg.data.max_seq_len)
+
+
+def evaluate_loss(loss_module, batches: list[MicroBatch], device) -> float:
+    """Mean loss per trained token over the validation set."""
+    was_training = loss_module.training
+    loss_module.eval()
+    total = torch.zeros((), device=device)
+    tokens = 0
+    with torch.no_grad():
+        for mb in batches:
+            total += loss_module(mb.input_ids.to(device), mb.position_ids.to(device), mb.labels.to(device)).float()
+            tokens += mb.trained_tokens
+    loss_module.train(was_training)
+    return (total / max(tokens, 1)).item()
+
+
+def _global_sum(accelerator, value: int) -> int:
+    if accelerator.num_processes == 1:
+        return value
+    t = torch.tensor([value], device=accelerator.device)
+    return int(accelerator.reduce(t, reduction="sum").item())
+
+
+def run_training(model, train: list[TokenizedExample], validation: list[TokenizedExample], cfg: RunConfig,
+                 run_dir: Path, accelerator, pad_id: int, resume_from: Path | None = None) -> LoopResult:
+    """Train `model` in place on `train`; evaluate, checkpoint and log as configured."""
+    t = cfg.train
+    device = accelerator.device
+    total = total_steps(cfg, len(train))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, float(t.learning_rate), t.weight_decay, device)
+    scheduler = make_scheduler(optimizer, t.scheduler, math.ceil(t.warmup_ratio * total), total)
+    loss_module = TokenLoss(model, chunked=t.chunked_loss)
+    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+    loss_module.train()
+
+    state = {"step": 0, "best_eval_loss": None, "best_checkpoint": None, "evals_without_gain": 0, "tokens": 0}
+    if resume_from is not None:
+        state.update(ckpt.load_checkpoint(resume_from, model, optimizer, scheduler))
+    metrics_path = Path(run_dir) / "metrics.jsonl"
+    _truncate_metrics(metrics_path, state["step"])
+    val_batches = _batches(validation, cfg, pad_id) if validation else []
+    result = LoopResult()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    progress = TrainProgress(total, start=state["step"], enabled=accelerator.is_main_process)
+    done = state["step"]
+
+    with progress:
+        for step in range(state["step"], total):
+            started = time.perf_counter()
+            epoch, ids = step_example_ids(len(train), int(t.batch_size), t.seed, step)
+            mbs = _batches([train[i] for i in ids[rank::world]], cfg, pad_id)
+            step_trained = _global_sum(accelerator, sum(mb.trained_tokens for mb in mbs))
+            loss_sum = torch.zeros((), device=device)
+            for k, mb in enumerate(mbs):
+                sync = contextlib.nullcontext() if k == len(mbs) - 1 else accelerator.no_sync(loss_module)
+                with sync:
+                    mb_loss = loss_module(mb.input_ids.to(device), mb.position_ids.to(device), mb.labels.to(device))
+                    # DDP averages gradients over processes, so scale by world size to keep a per-token mean
+                    accelerator.backward(mb_loss * world / max(step_trained, 1))
+                loss_sum += mb_loss.detach().float()
+            step_loss = _global_sum_float(accelerator, loss_sum) / max(step_trained, 1)
+            if not math.isfinite(step_loss):
+                last = ckpt.latest_checkpoint(run_dir)
+                raise TrainingDiverged(
+                    f"loss became {step_loss} at step {step + 1}; stopped (last good checkpoint: {last or 'none'})",
+                    "lower train.learning_rate, use train.precision=fp32, or check the data; --resume continues from the checkpoint",
+                )
+            grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            elapsed = time.perf_counter() - started
+
+            real = _global_sum(accelerator, sum(mb.real_tokens for mb in mbs))
+            result.real_tokens += real
+            result.trained_tokens += step_trained
+            result.padded_tokens += _global_sum(accelerator, sum(mb.padded_tokens for mb in mbs))
+            result.train_seconds += elapsed
+            state["tokens"] += real
+            done = step + 1
+            row = {"step": done, "epoch": round(done / steps_per_epoch(len(train), int(t.batch_size)), 4),
+                   "loss": step_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                   "tokens": state["tokens"], "tokens_per_s": real / max(elapsed, 1e-9)}
+            if val_batches and (done % int(t.eval_every) == 0 or done == total):
+                row["eval_loss"] = evaluate_loss(loss_module, val_batches, device)
+                _track_best(state, row["eval_loss"], done)
+            result.final_loss = step_loss
+            result.final_eval_loss = row.get("eval_loss", result.final_eval_loss)
+            if accelerator.is_main_process and (done % t.log_every == 0 or done == total or "eval_loss" in row):
+                _append_metrics(metrics_path, row)
+                accelerator.log(row, step=done)
+            result.history.append(row)
+            progress.update(row)
+            if done % int(t.save_every) == 0 and done < total:
+                state["step"] = done
+                _save(run_dir, done, model, optimizer, scheduler, state, t.save_total_limit, accelerator)
+            if t.early_stopping_patience and state["evals_without_gain"] >= t.early_stopping_patience:
+                result.stopped_early = True
+                break
+
+    result.steps = done
+    result.best_eval_loss = state["best_eval_loss"]
+    result.best_checkpoint = state["best_checkpoint"]
+    result.peak_memory_bytes = peak_memory_bytes(device)
+    return result
+
+
+def _global_sum_float(accelerator, value: torch.Tensor) -> float:
+    if accelerator.num_processes == 1:
+        return value.item()
+    return accelerator.reduce(value.reshape(1), reduction="sum").item()
+
+
+def _track_best(state: dict, eval_loss: float, step: int) -> None:
+    if state["best_eval_loss"] is None or eval_loss < state["best_eval_loss"]:
+        state["best_eval_loss"] = eval_loss
+        state["best_step"] = step
+        state["evals_without_gain"] = 0
+    else:
+        state["evals_without_gain"] += 1
+
+
+def _save(run_dir, step, model, optimizer, scheduler, state, keep, accelerator) -> None:
+    if accelerator.is_main_process:
+        if state.get("best_step") == step:
+            state["best_checkpoint"] = str(Path(run_dir) / "checkpoints" / f"step-{step}")
+        ckpt.save_checkpoint(run_dir, step, accelerator.unwrap_model(model), optimizer, scheduler, state)
+        ckpt.rotate_checkpoints(run_dir, keep, protect=state.get("best_checkpoint"))
+    accelerator.wait_for_everyone()
+
+
+def _append_metrics(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop logged steps after the checkpoint so metrics.jsonl has each step once."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))

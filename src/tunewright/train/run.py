@@ -1,0 +1,188 @@
+"""`tunewright.train(config)`: config -> data -> model -> loop -> run directory."""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import RunConfig, save_config
+from ..errors import UserError
+from ..models import load_model, load_tokenizer, local_model_dir
+from . import checkpoint as ckpt
+from .hparams import resolve_auto
+from .loop import run_training
+from .methods import apply_method, check_method_available, count_parameters, is_adapter_method, quantization_config
+from .summary import build_summary, plot_loss_curve, print_summary
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    config: RunConfig
+    summary: dict
+    eval_results: dict | None = None
+    outputs: dict = field(default_factory=dict)
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    name = Path(cfg.model).stem.lower().replace(" ", "-")
+    return Path("runs") / f"{name}-{cfg.method}"
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from; refuses to overwrite a finished or running run by accident."""
+    if resume:
+        last = ckpt.latest_checkpoint(run_dir)
+        if last is None:
+            raise UserError(f"{run_dir}: no complete checkpoint to resume from", "run without --resume to start fresh")
+        return last
+    taken = [p for p in ("adapter", "model", "checkpoints", "metrics.jsonl") if (run_dir / p).exists()]
+    if taken:
+        raise UserError(
+            f"{run_dir}: already holds a run ({', '.join(taken)}); nothing was overwritten",
+            "pass --resume to continue it, or choose another --output",
+        )
+    return None
+
+
+def make_accelerator(cfg: RunConfig, run_dir: Path):
+    from accelerate import Accelerator
+
+    precision = cfg.train.precision
+    cuda = torch.cuda.is_available()
+    if precision == "fp16" and not cuda:
+        raise UserError("train.precision=fp16 needs a CUDA GPU", "use bf16 or fp32 on CPU")
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16", "auto": "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"}[precision]
+    trackers = cfg.train.report_to or None
+    try:
+        return Accelerator(mixed_precision=mixed, cpu=not cuda, log_with=trackers, project_dir=str(run_dir))
+    except (ImportError, ValueError) as e:
+        raise UserError(f"train.report_to={trackers}: {e}", "install the tracker (tensorboard, mlflow or wandb) or remove report_to") from None
+
+
+def environment_info() -> dict:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("tunewright", "torch", "transformers", "peft", "accelerate", "datasets"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except Exception:
+        commit = ""
+    return {"versions": versions, "python": platform.python_version(), "git_commit": commit, "machine": platform.machine()}
+
+
+def train(cfg: RunConfig, resume: bool = False) -> RunResult:
+    """Fine-tune per `cfg`; writes the run directory of DESIGN.md and returns what happened."""
+    from ..data import prepare_data
+
+    started = time.perf_counter()
+    check_method_available(cfg)
+    if not cfg.data.train:
+        raise UserError("no training data given", "pass --data FILE or set data.train in the config")
+    run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cfg)
+    resume_from = check_run_dir(run_dir, resume)
+    if resume_from is not None and (run_dir / "config.yaml").is_file():
+        from ..config import load_config
+
+        cfg = load_config(run_dir / "config.yaml")  # the resolved values of the original run
+    cfg = cfg.model_copy(update={"output_dir": str(run_dir)})
+    if isinstance(cfg.train.threads, int):
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+
+    model_dir = local_model_dir(cfg.model)
+    tokenizer = load_tokenizer(model_dir, cfg.chat_template, cfg.trust_remote_code)
+    if cfg.chat_template is None and _template_was_added(model_dir, tokenizer):
+        cfg = cfg.model_copy(update={"chat_template": tokenizer.chat_template})
+    data = prepare_data(cfg, tokenizer)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = make_accelerator(cfg, run_dir)
+    model = load_model(model_dir, trust_remote_code=cfg.trust_remote_code, **_quant_kwargs(cfg))
+    cfg = resolve_auto(cfg, len(data.train), sum(p.numel() for p in model.parameters()), accelerator.device)
+    model = apply_method(model, cfg)
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    params = count_parameters(model)
+    if accelerator.is_main_process:
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "data_report.json").write_text(json.dumps(data.report, indent=2))
+        (run_dir / "environment.json").write_text(json.dumps(environment_info(), indent=2))
+    if cfg.train.report_to:
+        accelerator.init_trackers("tunewright", config=json.loads(json.dumps(cfg.model_dump(mode="json"))))
+
+    result = run_training(model, data.train, data.validation, cfg, run_dir, accelerator, tokenizer.pad_token_id, resume_from)
+    accelerator.end_training()
+    model = accelerator.unwrap_model(model)
+    outputs = {}
+    if accelerator.is_main_process:
+        outputs = save_result(model, tokenizer, cfg, run_dir, model_dir)
+    summary = build_summary(result, time.perf_counter() - started, params, cfg)
+    eval_results = None
+    if accelerator.is_main_process:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
+        print_summary(summary, run_dir)
+        eval_results = _evaluate_after(model, tokenizer, data, cfg, run_dir)
+    return RunResult(run_dir, cfg, summary, eval_results, outputs)
+
+
+def _template_was_added(model_dir: str, tokenizer) -> bool:
+    from transformers import AutoTokenizer
+
+    try:
+        raw = AutoTokenizer.from_pretrained(model_dir)
+    except Exception:
+        return False
+    return not getattr(raw, "chat_template", None) and bool(tokenizer.chat_template)
+
+
+def _quant_kwargs(cfg: RunConfig) -> dict:
+    q = quantization_config(cfg)
+    return {"quantization_config": q, "device_map": {"": 0}} if q is not None else {}
+
+
+def save_result(model, tokenizer, cfg: RunConfig, run_dir: Path, base_dir: str) -> dict:
+    """adapter/ for LoRA-family methods (stock PEFT loads it), model/ for full and freeze."""
+    if is_adapter_method(cfg.method):
+        out = run_dir / "adapter"
+        model.save_pretrained(out)
+        _point_adapter_at_base(out, base_dir)
+        (out / "tunewright.json").write_text(json.dumps({"base_model": cfg.model, "base_model_dir": base_dir, "method": cfg.method}, indent=2))
+    else:
+        out = run_dir / "model"
+        model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {"weights": str(out)}
+
+
+def _point_adapter_at_base(adapter_dir: Path, base_dir: str) -> None:
+    """adapter_config.json names a local folder stock `from_pretrained` can read (GGUF bases are dequantized)."""
+    path = adapter_dir / "adapter_config.json"
+    cfg = json.loads(path.read_text())
+    cfg["base_model_name_or_path"] = base_dir
+    path.write_text(json.dumps(cfg, indent=2))
+
+
+def _evaluate_after(model, tokenizer, data, cfg: RunConfig, run_dir: Path) -> dict | None:
+    """Base-vs-tuned on the held-out conversations, when the evaluation module is present and it is wanted."""
+    if not cfg.eval.after_train or not data.validation_conversations:
+        return None
+    try:
+        from ..evaluate import evaluate_after_training
+    except ImportError:
+        return None
+    model.eval()
+    return evaluate_after_training(run_dir, model, tokenizer, data.validation_conversations, cfg.eval, cfg.model)

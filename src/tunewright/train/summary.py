@@ -1,0 +1,84 @@
+"""The end of a run: summary.json, a printed table, and a loss-curve PNG."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def build_summary(result, wall_seconds: float, params, cfg) -> dict:
+    tps = result.real_tokens / result.train_seconds if result.train_seconds else 0.0
+    return {
+        "method": cfg.method,
+        "model": cfg.model,
+        "steps": result.steps,
+        "wall_seconds": round(wall_seconds, 2),
+        "train_seconds": round(result.train_seconds, 2),
+        "trained_tokens": result.trained_tokens,
+        "real_tokens": result.real_tokens,
+        "padded_tokens": result.padded_tokens,
+        "pad_share": round(1 - result.real_tokens / result.padded_tokens, 4) if result.padded_tokens else 0.0,
+        "tokens_per_s": round(tps, 1),
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "trainable_params": params.trainable,
+        "total_params": params.total,
+        "final_train_loss": result.final_loss,
+        "final_eval_loss": result.final_eval_loss,
+        "best_eval_loss": result.best_eval_loss,
+        "best_checkpoint": result.best_checkpoint,
+        "stopped_early": result.stopped_early,
+    }
+
+
+def print_summary(summary: dict, run_dir: Path, console: Console | None = None) -> None:
+    console = console or Console(stderr=True)
+    table = Table(title=f"training summary: {run_dir}", show_header=False)
+    fmt = lambda v: "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))  # noqa: E731
+    rows = [
+        ("method", summary["method"]), ("steps", summary["steps"]),
+        ("wall time", f"{summary['wall_seconds']:.1f} s (training {summary['train_seconds']:.1f} s)"),
+        ("trained tokens", summary["trained_tokens"]), ("tokens/s (real, non-pad)", f"{summary['tokens_per_s']:.0f}"),
+        ("pad share", f"{summary['pad_share']:.1%}"), ("peak memory", human_bytes(summary["peak_memory_bytes"])),
+        ("trainable params", f"{summary['trainable_params']:,} of {summary['total_params']:,}"),
+        ("final train loss", fmt(summary["final_train_loss"])), ("final validation loss", fmt(summary["final_eval_loss"])),
+    ]
+    for k, v in rows:
+        table.add_row(k, fmt(v) if not isinstance(v, str) else v)
+    console.print(table)
+
+
+def plot_loss_curve(metrics_path: Path, out_png: Path) -> Path | None:
+    """Train and validation loss against step; None when there is nothing to plot."""
+    if not metrics_path.is_file():
+        return None
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss", linewidth=1.2)
+    ev = [r for r in rows if "eval_loss" in r]
+    if ev:
+        ax.plot([r["step"] for r in ev], [r["eval_loss"] for r in ev], "o-", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss per trained token")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png
