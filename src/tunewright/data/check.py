@@ -171,17 +171,14 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def _print_bad_rows(console, report: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"Bad rows ({report['bad_row_count']})", title_justify="left", title_style="bold red")
-    for col in ("where", "field", "reason", "fix"):
-        table.add_column(col, overflow="fold")
-    for b in report["bad_rows"][:50]:
-        table.add_row(*(_escape(b[k]) for k in ("source", "field", "reason", "fix")))
-    console.print(table)
-    if report["bad_row_count"] > 50:
-        console.print(f"... and {report['bad_row_count'] - 50} more (use --json for all)")
+def _print_bad_rows(console, report: dict, shown: int = 50) -> None:
+    """One line per bad row, `file:line: field: reason`, unwrapped so editors and terminals can jump to it."""
+    console.print(f"[bold red]Bad rows ({report['bad_row_count']})[/]")
+    for b in report["bad_rows"][:shown]:
+        console.print(f"  {_escape(b['source'])}: [bold]{_escape(b['field'])}[/]: {_escape(b['reason'])}", highlight=False, soft_wrap=True)
+        console.print(f"      [dim]fix: {_escape(b['fix'])}[/]", highlight=False, soft_wrap=True)
+    if report["bad_row_count"] > shown:
+        console.print(f"  ... and {report['bad_row_count'] - shown} more (use --json for all)")
 
 
 def _lengths_table(report: dict):
