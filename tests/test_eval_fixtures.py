@@ -6,7 +6,6 @@ well-formed metrics.jsonl gives the report a loss curve. Other test modules impo
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -104,5 +103,20 @@ def test_file(tmp_path_factory) -> Path:
     return _cached("test-data", lambda d: write_jsonl(d / "test.jsonl", held_out_rows()), tmp_path_factory)
 
 
-def json_lines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny models run fastest on one thread, and far faster when other test processes share the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def subprocess_env(tmp_path: Path) -> dict:
+    """Environment for CLI subprocesses: offline, one thread, a private tunewright cache."""
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TUNEWRIGHT_HOME": str(tmp_path / "home"),
+            "COLUMNS": "120", "NO_COLOR": "1"}
