@@ -195,7 +195,26 @@ def bench(ctx: typer.Context):
     bench_main(list(ctx.args))
 
 
+def _quiet_libraries() -> None:
+    """Library progress bars and deprecation chatter drown our own output; errors still show."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:
+        pass
+
+
 def main() -> None:
+    _quiet_libraries()
     app()
 
 

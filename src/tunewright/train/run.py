@@ -105,6 +105,7 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
     if cfg.chat_template is None and _template_was_added(model_dir, tokenizer):
         cfg = cfg.model_copy(update={"chat_template": tokenizer.chat_template})
     data = prepare_data(cfg, tokenizer)
+    cfg = _record_detected_format(cfg, data.report)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     accelerator = make_accelerator(cfg, run_dir)
@@ -147,6 +148,14 @@ def _template_was_added(model_dir: str, tokenizer) -> bool:
     except Exception:
         return False
     return not getattr(raw, "chat_template", None) and bool(tokenizer.chat_template)
+
+
+def _record_detected_format(cfg: RunConfig, report: dict) -> RunConfig:
+    """`format: auto` becomes the detected format in config.yaml when every file agrees."""
+    found = {f.get("format") for f in report.get("files", [])}
+    if cfg.data.format != "auto" or len(found) != 1 or None in found:
+        return cfg
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"format": found.pop()})})
 
 
 def _quant_kwargs(cfg: RunConfig) -> dict:
