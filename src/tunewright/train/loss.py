@@ -1,24 +1,126 @@
 """Loss on trained tokens only, without materialising logits for the whole sequence.
 
-Only positions whose next token is trained go through the LM head, so prompt tokens never
-cost a (tokens x vocabulary) logits tensor.
+Only positions whose next token is trained go through the LM head, and those go through it in
+chunks of rows: a (chunk x vocabulary) block of logits exists at a time, never (tokens x
+vocabulary). With a 49k (SmolLM2) or 128k (Llama 3) vocabulary the full logits, their softmax and
+their gradient are most of a baseline's activation memory.
+
+The gradient is computed in the forward pass, chunk by chunk, while each block of logits is still
+in memory (as Liger Kernel's fused linear cross-entropy does): recomputing the logits in backward
+would cost one more (chunk x hidden x vocabulary) matmul per chunk. What stays alive between
+forward and backward is the gradient for the hidden rows (N x H, the size of the input) and, only
+when the LM head itself is trained, one fp32 buffer the size of its weight.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+IGNORE_INDEX = -100
 
 
 def select_trained_positions(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states that predict a trained token, and those tokens: (N, H), (N,)."""
     shift_hidden = hidden[:, :-1, :]  # (B, T-1, H): position t predicts token t+1
     shift_labels = labels[:, 1:]
-    keep = shift_labels != -100
+    keep = shift_labels != IGNORE_INDEX
     return shift_hidden[keep], shift_labels[keep]
+
+
+def _matmul_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype F.linear would use here: autocast's when it is on, else the inputs' common one."""
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return torch.promote_types(hidden.dtype, weight.dtype)
+
+
+def _chunk_logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """(n, V) logits in fp32 for one chunk; the matmul runs in the chunk's dtype."""
+    logits = h @ w.t()  # (n, V)
+    logits = logits.float()
+    if b is not None:
+        logits += b.float()
+    return logits
+
+
+def _ce_chunks(hidden, weight, bias, targets, chunk_size, want_grads):
+    """Sum of CE over all rows, and (when asked) the gradients for hidden, weight and bias.
+
+    Softmax, logsumexp and every gradient are accumulated in fp32; the logits and hidden-gradient
+    matmuls run in the matmul dtype, as autocast runs F.linear; the weight gradient (only for a
+    trained LM head) is accumulated in fp32.
+    """
+    want_h, want_w, want_b = want_grads
+    dtype = _matmul_dtype(hidden, weight)
+    w = weight.to(dtype)
+    n_rows = hidden.shape[0]
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if want_h else None
+    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+    grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if want_b else None
+    for start in range(0, n_rows, chunk_size):
+        end = min(start + chunk_size, n_rows)
+        h = hidden[start:end].to(dtype)  # (n, H)
+        t = targets[start:end]
+        valid = t != IGNORE_INDEX
+        t_safe = torch.where(valid, t, torch.zeros_like(t)).unsqueeze(1)  # (n, 1)
+        logits = _chunk_logits(h, w, bias)  # (n, V) fp32: the only vocabulary-sized block alive
+        lse = torch.logsumexp(logits, dim=1)  # (n,)
+        target_logit = logits.gather(1, t_safe).squeeze(1)
+        total += ((lse - target_logit) * valid).sum()
+        if not (want_h or want_w or want_b):
+            continue
+        # d(sum CE)/d(logits) = softmax - one_hot(target), zero for ignored rows; built in place
+        probs = logits.sub_(lse.unsqueeze(1)).exp_()
+        probs.scatter_add_(1, t_safe, torch.full_like(target_logit, -1.0).unsqueeze(1))
+        if not bool(valid.all()):
+            probs.mul_(valid.unsqueeze(1))
+        if want_b:
+            grad_b += probs.sum(0)
+        g = probs.to(dtype)
+        if want_h:
+            grad_h[start:end] = g @ w  # (n, H)
+        if want_w:
+            grad_w.addmm_(g.t().float(), h.float())  # (V, H), fp32 accumulation across chunks
+    return total, grad_h, grad_w, grad_b
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk_size):
+        want = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        total, grad_h, grad_w, grad_b = _ce_chunks(hidden, weight, bias, targets, chunk_size, want)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        h_dtype, w_dtype, b_dtype = ctx.dtypes
+        scale = grad_out.float()
+        gh = (grad_h * scale).to(h_dtype) if grad_h is not None else None
+        gw = (grad_w * scale).to(w_dtype) if grad_w is not None else None
+        gb = (grad_b * scale).to(b_dtype) if grad_b is not None else None
+        return gh, gw, gb, None, None
 
 
 def token_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None = None,
                    chunk_size: int = 1024) -> torch.Tensor:
-    """Sum of cross-entropy over N rows of hidden states (N, H) against targets (N,), in fp32."""
-    logits = F.linear(hidden, weight, bias).float()
-    return F.cross_entropy(logits, targets, reduction="sum")
+    """Sum of cross-entropy of `hidden @ weight.T (+ bias)` against `targets`, as an fp32 scalar.
+
+    hidden (N, H), weight (V, H), targets (N,) with -100 rows ignored. Equal to
+    `F.cross_entropy(F.linear(hidden, weight, bias).float(), targets, reduction="sum")` while only
+    `chunk_size` rows of logits exist at a time. N == 0 gives a zero that is still connected to
+    the graph, so `backward()` works on a micro-batch with nothing to train.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if hidden.dim() != 2 or targets.dim() != 1 or hidden.shape[0] != targets.shape[0]:
+        raise ValueError(f"expected hidden (N, H) and targets (N,), got {tuple(hidden.shape)} and {tuple(targets.shape)}")
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias))
+    if not needs_grad:
+        with torch.no_grad():
+            return _ce_chunks(hidden, weight, bias, targets, chunk_size, (False, False, False))[0]
+    return _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_size)
