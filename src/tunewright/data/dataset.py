@@ -35,17 +35,52 @@ class PreparedData:
 
 @dataclass
 class TokenizedSplit:
-    """Examples of one set of conversations, with the facts the report needs about each."""
+    """Conversations and their examples (truncated, one per conversation, same order), with what the report needs."""
 
-    examples: list[TokenizedExample]  # truncated to max_seq_len, one per conversation, in order
-    full_lengths: list[int]  # token count before truncation
-    cache_hit: bool = False
+    conversations: list[Conversation] = field(default_factory=list)
+    examples: list[TokenizedExample] = field(default_factory=list)
+    full_lengths: list[int] = field(default_factory=list)  # token count before truncation
+    cache_hit: bool = True  # nothing to tokenize counts as a hit
     cache_file: str | None = None
+
+    def select(self, indices: list[int]) -> TokenizedSplit:
+        return TokenizedSplit([self.conversations[i] for i in indices], [self.examples[i] for i in indices],
+                              [self.full_lengths[i] for i in indices], self.cache_hit, self.cache_file)
+
+    def kept(self) -> list[TokenizedExample]:
+        """Examples with something to train: the rest (all truncated away, weight 0 everywhere) teach nothing."""
+        return [e for e in self.examples if e.trained_tokens]
+
+    def dropped_sources(self) -> list[str]:
+        return [c.source for c, e in zip(self.conversations, self.examples) if not e.trained_tokens]
 
 
 def prepare_data(cfg: RunConfig, tokenizer) -> PreparedData:
     """Load, validate, split, tokenize (cached) and report the training data of a run."""
     data = cfg.data
+    train_rows, val_rows = load_rows(data)
+    everything = tokenize_cached(train_rows.conversations, tokenizer, data)
+    if data.validation:
+        train, val, val_source = everything, tokenize_cached(val_rows.conversations, tokenizer, data), "file"
+    elif data.validation_split > 0:
+        held = set(held_out_indices(len(everything.examples), data))
+        train = everything.select([i for i in range(len(everything.examples)) if i not in held])
+        val, val_source = everything.select(sorted(held)), "split"
+    else:
+        train, val, val_source = everything, TokenizedSplit(), "none"
+    if not train.kept():
+        raise UserError(
+            f"no training example has any trained tokens left after truncation to {data.max_seq_len} tokens",
+            "raise data.max_seq_len, shorten the prompts, or check the per-message weights",
+        )
+    report = build_report(data, train_rows, val_rows, train, val, val_source)
+    report["cache_hit"] = everything.cache_hit and val.cache_hit
+    report["cache_file"] = everything.cache_file
+    return PreparedData(train.kept(), val.kept(), val.conversations, report)
+
+
+def load_rows(data: DataConfig) -> tuple[LoadedRows, LoadedRows]:
+    """Training and validation rows, with the bad-row policy applied: fail lists them all in one error."""
     if not data.train:
         raise UserError("no training data given", "set data.train in the config, or pass --data PATH")
     train_rows = load_conversations(data.train, data.format)
@@ -55,44 +90,10 @@ def prepare_data(cfg: RunConfig, tokenizer) -> PreparedData:
         raise bad_rows_error(bad)
     if not train_rows.conversations:
         raise UserError(f"no usable training rows in {data.train}", "check the data.train paths and the bad rows listed by `tunewright data check`")
-    train_convs, val_convs, val_source = _split(train_rows.conversations, val_rows.conversations, data)
-
-    train_tok = tokenize_cached(train_rows.conversations, tokenizer, data)
-    if val_source == "split":
-        held = set(_held_out_indices(len(train_rows.conversations), data))
-        train_part = _select(train_tok, [i for i in range(len(train_tok.examples)) if i not in held])
-        val_part = _select(train_tok, sorted(held))
-    else:
-        train_part = train_tok
-        val_part = tokenize_cached(val_convs, tokenizer, data) if val_convs else TokenizedSplit([], [])
-
-    train_kept, train_dropped = _drop_untrained(train_part.examples, train_convs)
-    val_kept, val_dropped = _drop_untrained(val_part.examples, val_convs)
-    if not train_kept:
-        raise UserError(
-            f"no training example has any trained tokens left after truncation to {data.max_seq_len} tokens",
-            "raise data.max_seq_len, shorten the prompts, or check the per-message weights",
-        )
-    report = build_report(
-        data, train_rows, val_rows, train_convs, val_convs, val_source,
-        train_part, val_part, train_dropped, val_dropped, train_kept,
-    )
-    report["cache_hit"] = train_tok.cache_hit and (val_source != "file" or val_part.cache_hit)
-    report["cache_file"] = train_tok.cache_file
-    return PreparedData(train_kept, val_kept, val_convs, report)
+    return train_rows, val_rows
 
 
-def _split(train: list[Conversation], val: list[Conversation], data: DataConfig) -> tuple[list[Conversation], list[Conversation], str]:
-    """Training and validation conversations: a validation file, else a seeded fraction, else none."""
-    if data.validation:
-        return train, val, "file"
-    if data.validation_split > 0:
-        held = set(_held_out_indices(len(train), data))
-        return [c for i, c in enumerate(train) if i not in held], [train[i] for i in sorted(held)], "split"
-    return train, [], "none"
-
-
-def _held_out_indices(n: int, data: DataConfig) -> list[int]:
+def held_out_indices(n: int, data: DataConfig) -> list[int]:
     """Which rows the seeded validation_split holds out (the same rows on every run with the same seed)."""
     if n < 2:
         raise UserError(f"{n} training row: too few to hold out a validation split", "add examples, or set data.validation_split: 0")
@@ -100,18 +101,6 @@ def _held_out_indices(n: int, data: DataConfig) -> list[int]:
     order = list(range(n))
     random.Random(data.seed).shuffle(order)
     return sorted(order[:n_val])
-
-
-def _select(split: TokenizedSplit, indices: list[int]) -> TokenizedSplit:
-    return TokenizedSplit([split.examples[i] for i in indices], [split.full_lengths[i] for i in indices], split.cache_hit, split.cache_file)
-
-
-def _drop_untrained(examples: list[TokenizedExample], convs: list[Conversation]) -> tuple[list[TokenizedExample], list[str]]:
-    """Examples with nothing left to train (truncation, weight 0 everywhere) teach nothing: drop and name them."""
-    kept, dropped = [], []
-    for ex, conv in zip(examples, convs):
-        (kept if ex.trained_tokens else dropped).append(ex if ex.trained_tokens else conv.source)
-    return kept, dropped
 
 
 # --- tokenization and its cache ---------------------------------------------------------------
@@ -127,6 +116,8 @@ def tokenize_cached(convs: list[Conversation], tokenizer, data: DataConfig) -> T
     """Tokenize through a `datasets` Arrow cache file, so identical inputs are tokenized only once."""
     import datasets
 
+    if not convs:
+        return TokenizedSplit()
     key = cache_key(convs, tokenizer, data.max_seq_len, data.train_on)
     path = cache_dir() / f"{key}.arrow"
     hit = path.is_file()
@@ -148,7 +139,7 @@ def tokenize_cached(convs: list[Conversation], tokenizer, data: DataConfig) -> T
                    cache_file_name=str(path), new_fingerprint=key, load_from_cache_file=True, desc="tokenizing")
     cols = ds.to_dict()
     examples = [TokenizedExample(i, lab, bool(t)) for i, lab, t in zip(cols["input_ids"], cols["labels"], cols["truncated"])]
-    return TokenizedSplit(examples, list(cols["full_length"]), cache_hit=hit, cache_file=str(path))
+    return TokenizedSplit(list(convs), examples, list(cols["full_length"]), cache_hit=hit, cache_file=str(path))
 
 
 def cache_dir() -> Path:
@@ -201,7 +192,9 @@ def length_stats(lengths: list[int]) -> dict:
     return {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": s[-1], "mean": round(sum(s) / len(s), 1)}
 
 
-def split_summary(split: TokenizedSplit, kept: list[TokenizedExample], dropped: list[str]) -> dict:
+def split_summary(split: TokenizedSplit) -> dict:
+    kept = split.kept()
+    dropped = split.dropped_sources()
     tokens = sum(len(e.input_ids) for e in kept)
     trained = sum(e.trained_tokens for e in kept)
     return {
@@ -220,13 +213,11 @@ def files_summary(rows: LoadedRows, split: str) -> list[dict]:
     return [{"path": p, "split": split, "format": rows.formats.get(p, "unknown"), "rows": n} for p, n in rows.rows_per_file.items()]
 
 
-def build_report(data: DataConfig, train_rows: LoadedRows, val_rows: LoadedRows, train_convs, val_convs, val_source: str,
-                 train_part: TokenizedSplit, val_part: TokenizedSplit, train_dropped, val_dropped, train_kept) -> dict:
+def build_report(data: DataConfig, train_rows: LoadedRows, val_rows: LoadedRows, train: TokenizedSplit, val: TokenizedSplit, val_source: str) -> dict:
     """The data report (run_dir/data_report.json): what was read, skipped, truncated, dropped and measured."""
     bad = train_rows.bad_rows + val_rows.bad_rows
-    train_sum = split_summary(train_part, train_kept, train_dropped)
-    val_sum = split_summary(val_part, [e for e in val_part.examples if e.trained_tokens], val_dropped)
-    overlap = overlap_count(train_convs, val_convs)
+    train_sum, val_sum = split_summary(train), split_summary(val)
+    overlap = overlap_count(train.conversations, val.conversations)
     return {
         "version": CACHE_VERSION,
         "files": files_summary(train_rows, "train") + files_summary(val_rows, "validation"),
@@ -249,7 +240,7 @@ def build_report(data: DataConfig, train_rows: LoadedRows, val_rows: LoadedRows,
         "trained_token_share": train_sum["trained_token_share"],
         "train": train_sum,
         "validation": val_sum,
-        "duplicates": duplicate_counts(train_convs),
+        "duplicates": duplicate_counts(train.conversations),
         "train_validation_overlap": overlap["count"],
         "overlap_examples": overlap["examples"],
     }

@@ -216,12 +216,15 @@ def _read_parquet(path: Path, out: FileRecords) -> None:
 
 
 def _datasets_rows(builder: str, path: Path, **kwargs) -> list[dict]:
-    """Rows of a CSV or Parquet file read by the `datasets` library, kept in memory."""
+    """Rows of a CSV or Parquet file read by the `datasets` library, kept in memory (its cache is thrown away)."""
+    import tempfile
+
     import datasets
 
     datasets.disable_progress_bars()
-    ds = datasets.load_dataset(builder, data_files=str(path.resolve()), split="train", keep_in_memory=True, **kwargs)
-    return ds.to_list()
+    with tempfile.TemporaryDirectory(prefix="tunewright-read-") as cache:
+        ds = datasets.load_dataset(builder, data_files=str(path.resolve()), split="train", keep_in_memory=True, cache_dir=cache, **kwargs)
+        return ds.to_list()
 
 
 def _short(e: Exception) -> str:

@@ -36,17 +36,16 @@ def normalize(text: str) -> str:
     return _NON_WORD.sub(" ", text.lower()).strip()
 
 
-def exact_text(conv: Conversation) -> str:
+def turn_texts(conv: Conversation) -> list[str]:
+    """One string per turn (role and content); raw-text examples are one turn."""
     if conv.is_text:
-        return conv.text or ""
-    return "\x1e".join(f"{m.role}\x1f{m.content.strip()}" for m in conv.messages)
+        return [conv.text or ""]
+    return [f"{m.role}\x1f{m.content.strip()}" for m in conv.messages]
 
 
-def prompt_text(conv: Conversation) -> str:
+def prompt_turns(turns: list[str], conv: Conversation) -> list[str]:
     """Everything but the final answer: two examples with the same prompt teach the same question."""
-    if conv.is_text:
-        return conv.text or ""
-    return "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in conv.prompt_messages())
+    return turns[:-1] if not conv.is_text and conv.messages[-1].role == "assistant" else turns
 
 
 def _digest(text: str) -> bytes:
@@ -60,8 +59,10 @@ def duplicate_counts(convs: list[Conversation], examples: int = 5) -> dict:
     seen_prompt: dict[bytes, str] = {}
     exact, near, same_prompt = [], [], []
     for conv in convs:
-        e, n = _digest(exact_text(conv)), _digest(normalize(exact_text(conv)))
-        p = _digest(normalize(prompt_text(conv)))
+        turns = turn_texts(conv)
+        normal = [normalize(t) for t in turns]
+        e, n = _digest("\x1e".join(turns)), _digest("\x1e".join(normal))
+        p = _digest("\x1e".join(prompt_turns(normal, conv)))
         if e in seen_exact:
             exact.append(f"{conv.source} = {seen_exact[e]}")
         elif n in seen_near:
@@ -79,10 +80,14 @@ def duplicate_counts(convs: list[Conversation], examples: int = 5) -> dict:
 
 def overlap_count(train: list[Conversation], validation: list[Conversation], examples: int = 5) -> dict:
     """Validation rows whose normalised prompt also appears in training: they inflate evaluation scores."""
-    train_prompts = {_digest(normalize(prompt_text(c))): c.source for c in train}
+    train_prompts = {_prompt_digest(c): c.source for c in train}
     hits = []
     for conv in validation:
-        src = train_prompts.get(_digest(normalize(prompt_text(conv))))
+        src = train_prompts.get(_prompt_digest(conv))
         if src is not None:
             hits.append(f"{conv.source} ~ {src}")
     return {"count": len(hits), "examples": hits[:examples]}
+
+
+def _prompt_digest(conv: Conversation) -> bytes:
+    return _digest("\x1e".join(normalize(t) for t in prompt_turns(turn_texts(conv), conv)))
