@@ -40,6 +40,7 @@ def progress_bar(description: str, total: int) -> Iterator:
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=progress_console, transient=True,
+        disable=not progress_console.is_terminal,  # logs and pipes get no bar (and no stray blank lines)
     ) as progress:
         task = progress.add_task(description, total=total)
         yield lambda k=1: progress.advance(task, k)
