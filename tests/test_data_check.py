@@ -94,3 +94,15 @@ def test_cli_json_and_clean_exit(tmp_path, tiny_model_dir, chat_rows):
 def test_cli_missing_path_exits_2(tmp_path, tiny_model_dir):
     result = CliRunner().invoke(app, ["data", "check", str(tmp_path / "nope.jsonl"), "--model", str(tiny_model_dir)])
     assert result.exit_code == 2 and "no such file or folder" in result.output
+
+
+def test_train_with_bad_rows_exits_2_before_writing(tmp_path, tiny_model_dir):
+    path = tmp_path / "bad.jsonl"
+    write_jsonl(path, [qa(1)])
+    with path.open("a") as f:  # a role that looks like rich markup must print as text, not crash the CLI
+        f.write('{"messages": [{"role": "user", "content": "Q"}, {"role": "[/x]", "content": "A"}]}\n')
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--data", str(path), "--model", str(tiny_model_dir), "--output", str(run)])
+    assert result.exit_code == 2, result.output
+    assert f"{path}:2: messages[1].role: unknown role '[/x]'" in result.output and "on_bad_rows: skip" in result.output
+    assert not run.exists()

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import UserError
 
@@ -25,9 +26,10 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True, soft_wrap=True)
+            # messages quote user data (roles, keys, paths): escape it so "[/x]" is text, not rich markup
+            err.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, markup=True, soft_wrap=True)
             if e.fix:
-                err.print(f"[yellow]fix:[/] {e.fix}", highlight=False, soft_wrap=True)
+                err.print(f"[yellow]fix:[/] {escape(e.fix)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
         except KeyboardInterrupt:
             err.print("[red]interrupted[/]")
