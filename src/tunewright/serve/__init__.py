@@ -1,0 +1,83 @@
+"""Step 7, deploy: an OpenAI-compatible server for runs, adapters and models (FastAPI + uvicorn)."""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+from ..errors import UserError
+
+ENGINES = ("torch", "vllm")
+
+__all__ = ["ENGINES", "build_app", "serve"]
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail with one clear line before loading any model when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror})", "pick another --port, or stop what is using it") from None
+
+
+def _check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise UserError(f"unknown --engine '{engine}'", f"use one of: {', '.join(ENGINES)}")
+    if engine == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError("--engine vllm needs vLLM, which is not installed", "pip install vllm (Linux + CUDA), or use --engine torch")
+        raise UserError("--engine vllm is not wired up in this version", "use --engine torch, or run `vllm serve BASE --enable-lora` yourself")
+
+
+def build_app(models: list[str], api_key: str | None = None, database: str | None = None, max_batch_size: int = 16):
+    """Load every model, start the batching worker, and return (app, registry, engine)."""
+    from .app import create_app
+    from .engine import Engine
+    from .registry import Registry
+
+    if not models:
+        raise UserError("serve needs at least one run folder or model", "tunewright serve runs/my-run")
+    registry = Registry()
+    for spec in models:
+        served = registry.add(spec)
+        print(f"loaded {served.id}" + (f" (adapter on {served.base})" if served.adapter and served.adapter != "__base__" else ""),
+              file=sys.stderr)
+    engine = Engine(max_batch_size=max_batch_size)
+    engine.start()
+    jobs = None
+    if database is not None or os.environ.get("TUNEWRIGHT_JOBS", "1") != "0":
+        jobs = _jobs_service(registry, engine, database)
+    return create_app(registry, engine, api_key=api_key, jobs=jobs), registry, engine
+
+
+def _jobs_service(registry, engine, database: str | None):
+    """The fine-tuning jobs API, when this version has it."""
+    try:
+        from .jobs import JobsService
+    except ImportError:
+        return None
+    return JobsService.open(database, registry, engine)
+
+
+def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          database: str | None = None, max_batch_size: int = 16, engine: str = "torch") -> None:
+    """Serve `models` with an OpenAI-compatible API until interrupted."""
+    import uvicorn
+
+    _check_engine(engine)
+    _check_port(host, port)
+    api_key = api_key or os.environ.get("TUNEWRIGHT_API_KEY") or None
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the models",
+              file=sys.stderr)
+    app, registry, batcher = build_app(models, api_key=api_key, database=database, max_batch_size=max_batch_size)
+    print(f"serving {', '.join(registry.ids())} at http://{host}:{port}/v1", file=sys.stderr)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    finally:
+        batcher.stop()

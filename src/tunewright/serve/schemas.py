@@ -1,0 +1,114 @@
+"""Request bodies of the OpenAI inference endpoints, with OpenAI's ranges and defaults.
+
+Fields we cannot honour (tools, logprobs, n > 1, penalties) are refused with a 400 naming the
+parameter rather than silently ignored: a client relying on them should learn that at once.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import OpenAIError
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow")  # unknown fields are checked by `refuse_unsupported`
+
+
+class TextPart(BaseModel):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[TextPart], None] = None
+    name: str | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Sampling(_Body):
+    model: str
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)
+    stop: Union[str, list[str], None] = None
+    seed: int | None = None
+    n: int | None = Field(None, ge=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+    def stop_list(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > 4:
+            raise OpenAIError(400, "'stop' may hold at most 4 sequences.", param="stop", code="invalid_value")
+        return [s for s in stops if s]
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[str], list[int], list[list[int]]]
+    echo: bool | None = False
+    suffix: str | None = None
+    logprobs: int | None = None
+    best_of: int | None = None
+
+
+# fields OpenAI defines that change the answer in ways this server does not implement
+_UNSUPPORTED = {
+    "n": lambda v: v not in (None, 1),
+    "best_of": lambda v: v not in (None, 1),
+    "logprobs": lambda v: v not in (None, False),
+    "top_logprobs": lambda v: v not in (None, 0),
+    "tools": bool,
+    "functions": bool,
+    "tool_choice": lambda v: v not in (None, "none"),
+    "presence_penalty": lambda v: v not in (None, 0),
+    "frequency_penalty": lambda v: v not in (None, 0),
+    "logit_bias": bool,
+    "echo": bool,
+    "suffix": bool,
+    "response_format": lambda v: v not in (None, {"type": "text"}),
+}
+
+
+def refuse_unsupported(body: _Body) -> None:
+    """400 for the first field set to something this server cannot do."""
+    for name, unsupported in _UNSUPPORTED.items():
+        if name in type(body).model_fields and unsupported(getattr(body, name)):
+            raise OpenAIError(400, f"'{name}' is not supported by this server (value: {getattr(body, name)!r}).",
+                              param=name, code="unsupported_parameter")
+    for message in getattr(body, "messages", []) or []:
+        if isinstance(message.content, list) and any(part.type != "text" for part in message.content):
+            raise OpenAIError(400, "Only text content parts are supported.", param="messages", code="unsupported_parameter")
+
+
+def plain_messages(body: ChatCompletionRequest) -> list[dict]:
+    """Messages as the chat template expects them: role + text ('developer' is OpenAI's new 'system')."""
+    out = []
+    for message in body.messages:
+        content = message.content
+        if isinstance(content, list):
+            content = "".join(part.text or "" for part in content)
+        out.append({"role": "system" if message.role == "developer" else message.role, "content": content or ""})
+    return out

@@ -1,0 +1,195 @@
+"""The real server, started as a subprocess on a free loopback port, driven by the official openai client."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from test_export import make_adapter_run, make_full_run
+
+API_KEY = "sk-test-tunewright"
+MODELS = ("run-a", "run-b", "full-run")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: list[str], port: int, log: Path, extra_env: dict | None = None) -> subprocess.Popen:
+    """`tunewright serve ARGS --port PORT` in a subprocess; returns once /health answers."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TUNEWRIGHT_JOBS": "0"} | (extra_env or {})
+    env.pop("TUNEWRIGHT_API_KEY", None)
+    handle = open(log, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "tunewright.cli", "serve", *args, "--port", str(port)],
+                            stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"server did not come up:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model_dir):
+    """One server for the module: two adapters on one tiny base, plus a full fine-tune."""
+    tmp = tmp_path_factory.mktemp("serve")
+    runs = [make_adapter_run(tmp, tiny_model_dir, "run-a", seed=1), make_adapter_run(tmp, tiny_model_dir, "run-b", seed=2),
+            make_full_run(tmp, tiny_model_dir, "full-run")]
+    port = free_port()
+    proc = start_server([str(r) for r in runs] + ["--api-key", API_KEY], port, tmp / "server.log")
+    yield f"http://127.0.0.1:{port}"
+    stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+def chat(client, model: str, text: str, **kwargs):
+    kwargs = {"temperature": 0, "max_tokens": 12} | kwargs
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}], **kwargs)
+
+
+def test_lists_every_served_model(client, server):
+    assert {m.id for m in client.models.list()} == set(MODELS)
+    assert client.models.retrieve("run-a").id == "run-a"
+    health = httpx.get(f"{server}/health").json()
+    assert health["bases_in_memory"] == 2, "run-a and run-b share one base; full-run has its own"
+
+
+def test_chat_completion(client):
+    response = chat(client, "run-a", "What does os.path.join do?")
+    choice = response.choices[0]
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    usage = response.usage
+    assert 0 < usage.completion_tokens <= 12 and usage.prompt_tokens > 5
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    other = chat(client, "run-b", "What does os.path.join do?")
+    assert other.choices[0].message.content != choice.message.content, "different adapters answer differently"
+
+
+def test_chat_streaming_matches_non_streaming(client):
+    whole = chat(client, "run-b", "Name a stdlib module.", max_tokens=16)
+    stream = chat(client, "run-b", "Name a stdlib module.", max_tokens=16, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [whole.choices[0].finish_reason]
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_sse_stream_ends_with_done(server):
+    body = {"model": "run-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in r.iter_lines() if line]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+
+
+def test_completions_and_stop_sequence(client):
+    first = client.completions.create(model="full-run", prompt="hello world", max_tokens=10, temperature=0)
+    text = first.choices[0].text
+    assert first.object == "text_completion" and first.usage.completion_tokens == 10 and len(text) >= 4
+    stop = text[2:4]
+    cut = client.completions.create(model="full-run", prompt="hello world", max_tokens=10, temperature=0, stop=[stop])
+    assert cut.choices[0].text == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    streamed = client.completions.create(model="full-run", prompt="hello world", max_tokens=10, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == text
+
+
+def test_seed_makes_sampling_reproducible(client):
+    a = chat(client, "run-a", "Say something.", temperature=1.0, top_p=0.9, seed=7, max_tokens=10)
+    b = chat(client, "run-a", "Say something.", temperature=1.0, top_p=0.9, seed=7, max_tokens=10)
+    assert a.choices[0].message.content == b.choices[0].message.content
+
+
+def test_wrong_or_missing_key_is_401(server):
+    bad = openai.OpenAI(base_url=f"{server}/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as err:
+        bad.models.list()
+    assert err.value.status_code == 401 and err.value.code == "invalid_api_key"
+    missing = httpx.get(f"{server}/v1/models")
+    assert missing.status_code == 401 and set(missing.json()["error"]) == {"message", "type", "param", "code"}
+    assert httpx.get(f"{server}/health").status_code == 200, "health stays open for probes"
+
+
+def test_unknown_model_is_404(client):
+    with pytest.raises(openai.NotFoundError) as err:
+        chat(client, "no-such-model", "hi")
+    assert err.value.code == "model_not_found"
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    ({"temperature": 5}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"n": 2}, "n"),
+    ({"max_tokens": 100_000}, "max_tokens"),
+])
+def test_bad_parameters_are_400(client, kwargs, param):
+    with pytest.raises(openai.BadRequestError) as err:
+        chat(client, "run-a", "hi", **kwargs)
+    assert err.value.status_code == 400 and err.value.param == param
+
+
+def test_prompt_longer_than_context_is_400(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        chat(client, "run-a", "word " * 2000)
+    assert err.value.code == "context_length_exceeded"
+
+
+def test_malformed_json_is_422_and_oversized_body_is_413(server):
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    broken = httpx.post(f"{server}/v1/chat/completions", content=b'{"model": "run-a", "messages": [', headers=headers)
+    assert broken.status_code == 422 and broken.json()["error"]["code"] == "invalid_json"
+    huge = b'{"model": "run-a", "messages": [{"role": "user", "content": "' + b"a" * (5 * 2**20) + b'"}]}'
+    too_big = httpx.post(f"{server}/v1/chat/completions", content=huge, headers=headers)
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+
+
+def test_sixteen_concurrent_clients_get_the_sequential_answers(client, server):
+    requests = [(MODELS[i % 3], f"Question {i}: what does module number {i} do?") for i in range(16)]
+    one_at_a_time = [chat(client, m, q, max_tokens=16).choices[0].message.content for m, q in requests]
+    steps_before = httpx.get(f"{server}/health").json()["steps"]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        together = list(pool.map(lambda r: chat(client, *r, max_tokens=16).choices[0].message.content, requests))
+    steps = httpx.get(f"{server}/health").json()["steps"] - steps_before
+    assert together == one_at_a_time
+    assert steps < 16 * 17 / 2, f"{steps} forward passes for 16 requests: they were not batched"
+
+
+def test_server_is_healthy_after_everything(client, server):
+    health = httpx.get(f"{server}/health").json()
+    assert health["status"] == "ok" and health["queued"] == 0 and health["running"] == 0
+    assert chat(client, "run-a", "still there?").choices[0].message.content is not None
