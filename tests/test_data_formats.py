@@ -123,6 +123,17 @@ def test_parquet(tmp_path):
     assert bad.source == f"{path}:[2]" and bad.field == "messages[0].role"
 
 
+def test_parquet_from_pandas_float_weights(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "w.parquet"
+    msgs = [{"role": "user", "content": "Q", "weight": float("nan")}, {"role": "assistant", "content": "A", "weight": 0.0},
+            {"role": "user", "content": "Q2", "weight": float("nan")}, {"role": "assistant", "content": "A2", "weight": 1.0}]
+    pd.DataFrame({"messages": [msgs]}).to_parquet(path)
+    (conv,) = load_conversations(path).conversations
+    assert [m.train for m in conv.messages] == [None, False, None, True]
+
+
 def test_folder_reads_every_data_file_sorted(tmp_path):
     write_jsonl(tmp_path / "d" / "b.jsonl", COMPLETION)
     write_jsonl(tmp_path / "d" / "sub" / "a.jsonl", TEXT)

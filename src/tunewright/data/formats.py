@@ -152,9 +152,10 @@ def _content(value: Any, field: str) -> str:
 
 
 def _weight(value: Any, field: str) -> bool | None:
-    if value is None:
+    """OpenAI's per-message weight, 0 or 1 (Parquet written from pandas may give 1.0, or NaN for unset)."""
+    if value is None or isinstance(value, float) and value != value:
         return None
-    if value in (0, 1) and not isinstance(value, float) or isinstance(value, bool):
+    if isinstance(value, (bool, int, float)) and value in (0, 1):
         return bool(value)
     raise RowError(field, f"weight must be 0 or 1, got {value!r}", "use 0 to keep a turn out of the loss, 1 to train it")
 
