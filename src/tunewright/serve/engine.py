@@ -201,20 +201,18 @@ class Engine:
         self._drop_finished()
 
     def _adapter_kwargs(self, requests: list[GenerationRequest]) -> dict:
-        group = requests[0].served.group
-        if group.is_peft and group.mixed_batches:
+        """Mixed batches name each row's adapter; PEFT applies it to that row only."""
+        served = requests[0].served
+        if served.group.is_peft and served.batch_key[1] is None:
             return {"adapter_names": [r.served.adapter or BASE_ADAPTER for r in requests]}
         return {}
 
     def _adapter_context(self, requests: list[GenerationRequest]):
-        """For groups that cannot mix adapters, switch the one adapter this batch uses on (or all off)."""
-        group = requests[0].served.group
-        if not group.is_peft or group.mixed_batches:
-            return contextlib.nullcontext()
-        adapter = requests[0].served.adapter
-        if adapter == BASE_ADAPTER:
-            return group.model.disable_adapter()
-        group.model.set_adapter(adapter)
+        """A batch of one DoRA adapter (which PEFT cannot mix) runs with just that adapter switched on."""
+        served = requests[0].served
+        adapter = served.batch_key[1]
+        if adapter is not None:
+            served.group.model.set_adapter(adapter)
         return contextlib.nullcontext()
 
     def _generator(self, request: GenerationRequest):

@@ -2,8 +2,8 @@
 
 Every served id maps to a *group* (one set of base weights in memory) plus, for adapters, a PEFT
 adapter name inside that group: ten adapters trained on SmolLM2 cost one SmolLM2 plus ten small
-adapters. LoRA adapters of one group can share a forward pass (PEFT mixed-adapter batches); a DoRA
-adapter cannot, so a group holding one is batched per adapter instead.
+adapters. LoRA adapters of one group (and its bare base) share forward passes through PEFT's
+mixed-adapter batches; PEFT cannot mix DoRA adapters, so each DoRA adapter is batched on its own.
 """
 from __future__ import annotations
 
@@ -28,16 +28,11 @@ class ModelGroup:
     context_length: int
     vocab_size: int  # ids that may be sampled
     adapters: dict[str, str] = field(default_factory=dict)  # PEFT adapter name -> adapter folder
-    has_dora: bool = False
+    dora_adapters: set[str] = field(default_factory=set)
 
     @property
     def is_peft(self) -> bool:
         return bool(self.adapters)
-
-    @property
-    def mixed_batches(self) -> bool:
-        """Whether rows for different adapters of this group may share one forward pass."""
-        return not self.has_dora
 
 
 @dataclass
@@ -60,8 +55,8 @@ class ServedModel:
 
     @property
     def batch_key(self) -> tuple[str, str | None]:
-        """Requests with equal keys can be decoded in one batch."""
-        if self.group.is_peft and not self.group.mixed_batches:
+        """Requests with equal keys can be decoded in one batch: (group, None) mixes, (group, adapter) does not."""
+        if self.adapter in self.group.dora_adapters:
             return (self.group.key, self.adapter)
         return (self.group.key, None)
 
@@ -163,5 +158,6 @@ class Registry:
         group.model.to(group.device)
         group.model.eval()
         group.adapters[name] = adapter_dir
-        group.has_dora = group.has_dora or bool(cfg.get("use_dora"))
+        if cfg.get("use_dora"):
+            group.dora_adapters.add(name)
         return name
