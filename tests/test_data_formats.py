@@ -243,3 +243,8 @@ def test_json_array_error_names_the_line(tmp_path):
     assert len(rows.conversations) == 1
     (bad,) = rows.bad_rows
     assert bad.source == f"{path}:3" and bad.field == "json"
+
+
+def test_bad_rows_are_listed_in_file_order(tmp_path):
+    path, rows = _bad(tmp_path, [GOOD, _row(("user", "Q"), ("bot", "A")), "{oops", '{"instruction": "x"}'])
+    assert [b.source for b in rows.bad_rows] == [f"{path}:2", f"{path}:3", f"{path}:4"]

@@ -17,12 +17,12 @@ from .validate import bad_rows_json, duplicate_counts, overlap_count
 
 # (lowest example count, what that many examples can teach), from the product brief
 SIZE_GUIDANCE = [
-    (100_000, "deep specialisation"),
-    (50_000, "domain expertise; toward deep specialisation (100,000+)"),
-    (5_000, "domain expertise"),
-    (500, "task specialisation, consistent output format"),
-    (100, "style or tone shift, basic behaviour change"),
-    (0, "prompting (few-shot) may be enough; fine-tuning needs ~100+ examples to change behaviour reliably"),
+    (100_000, "100,000+ examples: enough for deep specialisation"),
+    (50_000, "50,000-100,000 examples: domain expertise, approaching deep specialisation"),
+    (5_000, "5,000-50,000 examples: enough for domain expertise"),
+    (500, "500-5,000 examples: enough for task specialisation, consistent output format"),
+    (100, "100-500 examples: enough for a style or tone shift, basic behaviour change"),
+    (0, "under 100 examples: prompting (few-shot) may be enough"),
 ]
 RECENCY = re.compile(
     r"\b(20[2-9]\d|today|yesterday|tomorrow|latest|as of|this (?:week|month|year)|recent(?:ly)?|current(?:ly)?|nowadays|right now)\b",
@@ -120,7 +120,7 @@ def guidance(report: dict) -> dict:
     n = report["rows"]
     warnings = []
     if n < 100:
-        warnings.append(f"only {n} examples: try few-shot prompting first; fine-tuning on this few mostly memorises them")
+        warnings.append(f"only {n} example{'s' if n != 1 else ''}: fine-tuning on this few mostly memorises them; try few-shot prompting first")
     if n and report["recency_rows"] / n >= RECENCY_SHARE_WARN:
         warnings.append(
             f"{report['recency_rows']} of {n} examples mention dates or recent events (2023+, today, latest, current): "
@@ -158,7 +158,7 @@ def print_check_report(report: dict, console=None) -> None:
     console.print(_lengths_table(report))
     console.print(_quality_table(report))
     g = report["guidance"]
-    console.print(f"[bold]{report['rows']} usable examples[/]: enough for {g['size']}.", highlight=False)
+    console.print(f"[bold]{report['rows']} usable example{'s' if report['rows'] != 1 else ''}[/] ({g['size']})", highlight=False)
     for w in g["warnings"]:
         console.print(f"[yellow]warning:[/] {_escape(w)}", highlight=False)
     verdict = f"[red]{report['bad_row_count']} bad rows[/]: fix them or set data.on_bad_rows: skip" if report["bad_rows"] else "[green]no bad rows[/]"

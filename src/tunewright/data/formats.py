@@ -215,17 +215,21 @@ def load_conversations(paths: str | Path | list, fmt: str = "auto") -> LoadedRow
     loaded = LoadedRows(bad_rows=bad)
     for path in files:
         read = read_file(path)
-        loaded.bad_rows.extend(read.bad_rows)
         loaded.rows_per_file[read.path] = read.rows
-        if not read.records:
-            loaded.formats[read.path] = fmt if fmt != "auto" else "unknown"
-            continue
-        file_fmt = fmt if fmt != "auto" else detect_format(read.records)
-        loaded.formats[read.path] = file_fmt or "unknown"
-        if file_fmt is None:
-            loaded.bad_rows.append(undetected_row(read.path, read.records))
-            continue
-        good, bad_rows = to_conversations(read.records, file_fmt)
-        loaded.conversations.extend(good)
-        loaded.bad_rows.extend(bad_rows)
+        file_fmt = (fmt if fmt != "auto" else detect_format(read.records)) if read.records else None
+        loaded.formats[read.path] = file_fmt or (fmt if fmt != "auto" else "unknown")
+        bad = list(read.bad_rows)
+        if read.records and file_fmt is None:
+            bad.append(undetected_row(read.path, read.records))
+        elif read.records:
+            good, bad_rows = to_conversations(read.records, file_fmt)
+            loaded.conversations.extend(good)
+            bad.extend(bad_rows)
+        loaded.bad_rows.extend(sorted(bad, key=lambda b: _position(b.source)))
     return loaded
+
+
+def _position(source: str) -> int:
+    """The line (or [row]) of a `file:line` source, for listing a file's bad rows in file order."""
+    tail = source.rsplit(":", 1)[-1].strip("[]")
+    return int(tail) if tail.isdigit() else 0
