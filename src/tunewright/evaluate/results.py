@@ -50,22 +50,18 @@ class SideResult:
 
 
 @dataclass(frozen=True)
-class TestSet:
+class HeldOut:
     """The examples in the form scoring needs: prompts to answer and references to compare with."""
 
     conversations: list[Conversation]
+    prompts: list[list[dict]]
+    references: list[str]
+    user_texts: list[str]  # the last user message: what the report and a user scorer call the prompt
 
-    @property
-    def prompts(self) -> list[list[dict]]:
-        return [c.prompt_messages() for c in self.conversations]
-
-    @property
-    def references(self) -> list[str]:
-        return [c.reference() for c in self.conversations]
-
-    @property
-    def user_texts(self) -> list[str]:
-        return [last_user_text(c) for c in self.conversations]
+    @classmethod
+    def of(cls, conversations: list[Conversation]) -> "HeldOut":
+        return cls(conversations, [c.prompt_messages() for c in conversations], [c.reference() for c in conversations],
+                   [last_user_text(c) for c in conversations])
 
 
 def last_user_text(conv: Conversation) -> str:
@@ -74,7 +70,7 @@ def last_user_text(conv: Conversation) -> str:
     return users[-1] if users else ""
 
 
-def score_side(side: Side, test: TestSet, settings: EvalSettings, scorer: UserScorer | None) -> SideResult:
+def score_side(side: Side, test: HeldOut, settings: EvalSettings, scorer: UserScorer | None) -> SideResult:
     """Loss on the references, then generated answers and their scores, for one model."""
     start = time.perf_counter()
     with side.active() as model:
@@ -123,7 +119,7 @@ def changed_most(base: SideResult, tuned: SideResult, key: str, k: int = CHANGED
     return {"improved": improved, "regressed": regressed}
 
 
-def example_rows(test: TestSet, results: dict[str, SideResult]) -> list[dict]:
+def example_rows(test: HeldOut, results: dict[str, SideResult]) -> list[dict]:
     rows = []
     for i, conv in enumerate(test.conversations):
         row = {
@@ -145,7 +141,7 @@ def example_rows(test: TestSet, results: dict[str, SideResult]) -> list[dict]:
 def run_evaluation(sides: list[Side], conversations: list[Conversation], settings: EvalSettings,
                    scorer: UserScorer | None = None) -> dict:
     """Score every side on the same examples and assemble the results.json dictionary."""
-    test = TestSet(conversations)
+    test = HeldOut.of(conversations)
     results = {side.key: score_side(side, test, settings, scorer) for side in sides}
     keys = metric_keys(results)
     comparing = BASE in results

@@ -21,7 +21,8 @@ from .report import print_summary, write_outputs
 from .results import EvalSettings, run_evaluation
 from .sides import TUNED, Side, base_side, default_compare_base, load_sides
 
-console = Console()
+console = Console()  # the table
+notes = Console(stderr=True)  # warnings and notes: stdout stays clean for --json
 
 
 def evaluate(
@@ -71,7 +72,7 @@ def evaluate_after_training(run_dir: str | Path, model, tokenizer, conversations
     check_settings(settings)
     examples = apply_limit(scorable(conversations, "the evaluation split"), settings.limit) if conversations else []
     if not examples:
-        console.print("[yellow]evaluation skipped: no held-out examples with a reference answer[/]")
+        notes.print("[yellow]evaluation skipped: no held-out examples with a reference answer[/]")
         return {}
     run_dir = Path(run_dir)
     tuned = Side(TUNED, run_dir.name, model, tokenizer)
@@ -126,7 +127,7 @@ def scorable(conversations: list[Conversation], where: str) -> list[Conversation
         raise UserError(f"{where}: no example has a prompt followed by an assistant answer to compare with",
                         "evaluation needs chat, alpaca, sharegpt or completion rows, not raw text")
     if len(kept) < len(conversations):
-        console.print(f"[yellow]{len(conversations) - len(kept)} example(s) without a final assistant answer are not scored[/]")
+        notes.print(f"[yellow]{len(conversations) - len(kept)} example(s) without a final assistant answer are not scored[/]")
     return kept
 
 
