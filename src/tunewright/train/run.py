@@ -187,11 +187,16 @@ def _point_adapter_at_base(adapter_dir: Path, base_dir: str) -> None:
 
 def _evaluate_after(model, tokenizer, data, cfg: RunConfig, run_dir: Path) -> dict | None:
     """Base-vs-tuned on the held-out conversations, when the evaluation module is present and it is wanted."""
-    if not cfg.eval.after_train or not data.validation_conversations:
+    if not cfg.eval.after_train:
         return None
-    try:
-        from ..evaluate import evaluate_after_training
-    except ImportError:
+    conversations = data.validation_conversations
+    if cfg.eval.data:  # a held-out test set beats the validation split used for early stopping
+        from ..data import load_conversations
+
+        conversations = load_conversations(cfg.eval.data, cfg.data.format).conversations
+    if not conversations:
         return None
+    from ..evaluate import evaluate_after_training
+
     model.eval()
-    return evaluate_after_training(run_dir, model, tokenizer, data.validation_conversations, cfg.eval, cfg.model)
+    return evaluate_after_training(run_dir, model, tokenizer, conversations, cfg.eval, cfg.model)
