@@ -4,12 +4,13 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from dataclasses import dataclass
 
 from ..errors import UserError
 
 ENGINES = ("torch", "vllm")
 
-__all__ = ["ENGINES", "build_app", "serve"]
+__all__ = ["ENGINES", "Server", "build_app", "serve"]
 
 
 def _check_port(host: str, port: int) -> None:
@@ -34,34 +35,46 @@ def _check_engine(engine: str) -> None:
         raise UserError("--engine vllm is not wired up in this version", "use --engine torch, or run `vllm serve BASE --enable-lora` yourself")
 
 
-def build_app(models: list[str], api_key: str | None = None, database: str | None = None, max_batch_size: int = 16):
-    """Load every model, start the batching worker, and return (app, registry, engine)."""
+@dataclass
+class Server:
+    """Everything `serve` starts: the app, the models, the batching worker, the jobs service."""
+
+    app: object
+    registry: object
+    engine: object
+    jobs: object | None
+
+    def close(self) -> None:
+        if self.jobs is not None:
+            self.jobs.close()
+        self.engine.stop()
+
+
+def build_app(models: list[str], api_key: str | None = None, database: str | None = None, max_batch_size: int = 16) -> Server:
+    """Load every model, start the batching worker and the jobs runner, and build the app.
+
+    The fine-tuning jobs API is on unless TUNEWRIGHT_JOBS=0 (its state goes to `database`,
+    default sqlite:///runs/tunewright.db relative to the working directory).
+    """
     from .app import create_app
     from .engine import Engine
-    from .registry import Registry
+    from .registry import BASE_ADAPTER, Registry
 
     if not models:
         raise UserError("serve needs at least one run folder or model", "tunewright serve runs/my-run")
     registry = Registry()
     for spec in models:
         served = registry.add(spec)
-        print(f"loaded {served.id}" + (f" (adapter on {served.base})" if served.adapter and served.adapter != "__base__" else ""),
-              file=sys.stderr)
+        on = f" (adapter on {served.base})" if served.adapter not in (None, BASE_ADAPTER) else ""
+        print(f"loaded {served.id}{on}", file=sys.stderr)
     engine = Engine(max_batch_size=max_batch_size)
     engine.start()
     jobs = None
-    if database is not None or os.environ.get("TUNEWRIGHT_JOBS", "1") != "0":
-        jobs = _jobs_service(registry, engine, database)
-    return create_app(registry, engine, api_key=api_key, jobs=jobs), registry, engine
-
-
-def _jobs_service(registry, engine, database: str | None):
-    """The fine-tuning jobs API, when this version has it."""
-    try:
+    if os.environ.get("TUNEWRIGHT_JOBS", "1") != "0":
         from .jobs import JobsService
-    except ImportError:
-        return None
-    return JobsService.open(database, registry, engine)
+
+        jobs = JobsService.open(database, registry, engine)
+    return Server(create_app(registry, engine, api_key=api_key, jobs=jobs), registry, engine, jobs)
 
 
 def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
@@ -75,9 +88,9 @@ def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, api_key:
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the models",
               file=sys.stderr)
-    app, registry, batcher = build_app(models, api_key=api_key, database=database, max_batch_size=max_batch_size)
-    print(f"serving {', '.join(registry.ids())} at http://{host}:{port}/v1", file=sys.stderr)
+    server = build_app(models, api_key=api_key, database=database, max_batch_size=max_batch_size)
+    print(f"serving {', '.join(server.registry.ids())} at http://{host}:{port}/v1", file=sys.stderr)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+        uvicorn.run(server.app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
     finally:
-        batcher.stop()
+        server.close()

@@ -1,0 +1,281 @@
+"""Runs fine-tuning jobs one at a time, each as a `tunewright train` subprocess.
+
+A subprocess (not a thread) so that cancel is a kill, a crash in training cannot take the server
+down, and the training run is exactly what the command line would do. The runner turns the run's
+`metrics.jsonl` into job events, and on success loads the result into the server so its
+`fine_tuned_model` id answers at once. Jobs found running at startup (the server died under them)
+are re-queued and resume from their newest complete checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import yaml
+
+from .jobs_store import JobStore, now
+
+log = logging.getLogger("tunewright.serve.jobs")
+POLL_SECONDS = 0.5
+
+
+def job_config(job: dict, training_path: str, validation_path: str | None, learning_rate: float | None) -> dict:
+    """The run config (YAML) for one job: OpenAI hyperparameters mapped onto tunewright's keys."""
+    hp, extras = job["hyperparameters"] or {}, job["extras"] or {}
+    config: dict = {"model": job["base_spec"], "method": extras.get("method", "lora"),
+                    "data": {"train": training_path}, "train": {"seed": job["seed"]}, "eval": {"after_train": False}}
+    if validation_path:
+        config["data"]["validation"] = validation_path
+    if hp.get("n_epochs", "auto") != "auto":
+        config["train"]["epochs"] = hp["n_epochs"]
+    if hp.get("batch_size", "auto") != "auto":
+        config["train"]["batch_size"] = hp["batch_size"]
+    if learning_rate is not None:
+        config["train"]["learning_rate"] = learning_rate
+    for dotted, value in (extras.get("settings") or {}).items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return config
+
+
+def base_learning_rate(base_spec: str, method: str) -> float:
+    """The learning rate `auto` would pick, so learning_rate_multiplier has something to multiply."""
+    from ..models import local_model_dir
+    from ..train.hparams import auto_learning_rate
+
+    n_params = 0
+    if method == "full":  # only full fine-tuning's default depends on the model size
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(local_model_dir(base_spec)))
+        n_params = sum(p.numel() for p in model.parameters())
+    return auto_learning_rate(method, n_params)
+
+
+def _alive(pid: int | None, job_id: str) -> bool:
+    """Whether `pid` is still our trainer for this job (and not some recycled pid)."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return job_id in cmdline
+
+
+def _kill_group(pid: int, sig: int = signal.SIGTERM) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _error_from_log(log_path: Path) -> str:
+    """The CLI's one-line `error:` message if it printed one, else the log's last line."""
+    try:
+        lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "the training process failed before writing a log"
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors[-1] if errors else (lines[-1] if lines else "training failed"))[:1000]
+
+
+class JobRunner:
+    """The scheduler thread: start the oldest queued job, follow it, finish it, repeat."""
+
+    def __init__(self, store: JobStore, on_success) -> None:
+        self.store, self.on_success = store, on_success
+        self.proc: subprocess.Popen | None = None
+        self.job_id: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tunewright-jobs", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop scheduling; a running trainer is stopped too, and its job resumes when the server starts again."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        if self.proc is not None and self.proc.poll() is None:
+            _kill_group(self.proc.pid)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                _kill_group(self.proc.pid, signal.SIGKILL)
+
+    def recover(self) -> None:
+        """Jobs marked running belong to a server that died: stop any orphaned trainer and queue them again."""
+        for job in self.store.jobs(("running", "validating_files")):
+            if _alive(job["pid"], job["id"]):
+                _kill_group(job["pid"], signal.SIGKILL)
+            self.store.update_job(job["id"], status="queued", pid=None)
+            self.store.add_event(job["id"], "The server restarted while this job was running; re-queued, "
+                                 "resuming from its newest complete checkpoint.", level="warn")
+
+    def cancel(self, job_id: str) -> None:
+        self.store.update_job(job_id, cancel_requested=1)
+        if self.job_id == job_id and self.proc is not None:
+            _kill_group(self.proc.pid)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(POLL_SECONDS):
+            try:
+                if self.proc is None:
+                    job = self.store.next_queued()
+                    if job is not None:
+                        self._start(job)
+                else:
+                    self._follow()
+            except Exception:  # keep scheduling later jobs whatever one of them does
+                log.exception("job runner error")
+                if self.job_id:
+                    self._finish(self.store.job(self.job_id), "failed", {"code": "internal_error", "message": "job runner error", "param": None})
+
+    def _start(self, job: dict) -> None:
+        root = self.store.root / "ft-jobs"
+        run_dir = Path(job["run_dir"] or (root / job["id"])).resolve()
+        config_path = root / f"{job['id']}.yaml"
+        root.mkdir(parents=True, exist_ok=True)
+        resume = _has_checkpoint(run_dir)
+        if not resume and run_dir.exists():
+            shutil.rmtree(run_dir)  # a fresh start needs an empty run folder
+        if not config_path.is_file():
+            config_path.write_text(yaml.safe_dump(self._config(job)))
+        command = [sys.executable, "-m", "tunewright.cli", "train", str(config_path), "--output", str(run_dir)]
+        if resume:
+            command.append("--resume")
+        log_path = root / f"{job['id']}.log"
+        with open(log_path, "a") as handle:
+            self.proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env=os.environ | {"TUNEWRIGHT_JOB_ID": job["id"]})
+        self.job_id = job["id"]
+        self.store.update_job(job["id"], status="running", started_at=job["started_at"] or now(), run_dir=str(run_dir),
+                              pid=self.proc.pid)
+        self.store.add_event(job["id"], "Fine-tuning job started" + (" (resuming)" if resume else ""))
+
+    def _config(self, job: dict) -> dict:
+        training = self.store.file(job["training_file"])
+        validation = self.store.file(job["validation_file"]) if job["validation_file"] else None
+        multiplier = (job["hyperparameters"] or {}).get("learning_rate_multiplier", "auto")
+        method = (job["extras"] or {}).get("method", "lora")
+        lr = None if multiplier == "auto" else float(multiplier) * base_learning_rate(job["base_spec"], method)
+        return job_config(job, training["path"], validation["path"] if validation else None, lr)
+
+    def _follow(self) -> None:
+        job = self.store.job(self.job_id)
+        self._metrics_events(job)
+        code = self.proc.poll()
+        if code is None:
+            if job["cancel_requested"]:  # cancelled while it was being started
+                _kill_group(self.proc.pid)
+            return
+        job = self.store.job(self.job_id)
+        if job["cancel_requested"]:
+            self._finish(job, "cancelled", None)
+        elif code == 0 and _result_dir(Path(job["run_dir"])):
+            self._succeed(job)
+        else:
+            message = _error_from_log(self.store.root / "ft-jobs" / f"{job['id']}.log")
+            self._finish(job, "failed", {"code": "training_failed", "message": message, "param": None})
+
+    def _metrics_events(self, job: dict) -> None:
+        """One `metrics` event per new training log step, worded like OpenAI's."""
+        path = Path(job["run_dir"]) / "metrics.jsonl"
+        if not path.is_file():
+            return
+        last = job["last_step"] or 0
+        total = _total_steps(Path(job["run_dir"]))
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line being written right now
+            step = int(row.get("step", 0))
+            if step <= last or "loss" not in row:
+                continue
+            of = f"/{total}" if total else ""
+            message = f"Step {step}{of}: training loss={row['loss']:.4f}"
+            if row.get("eval_loss") is not None:
+                message += f", validation loss={row['eval_loss']:.4f}"
+            data = {"step": step, "total_steps": total, "train_loss": row["loss"], "valid_loss": row.get("eval_loss"),
+                    "learning_rate": row.get("lr"), "tokens": row.get("tokens")}
+            self.store.add_event(job["id"], message, type="metrics", data=data)
+            last = step
+        self.store.update_job(job["id"], last_step=last)
+
+    def _succeed(self, job: dict) -> None:
+        try:
+            self.on_success(job)
+        except Exception as exc:
+            log.exception("could not load the fine-tuned model")
+            self._finish(job, "failed", {"code": "model_load_failed", "message": f"trained, but loading the result failed: {exc}", "param": None})
+            return
+        self.store.add_event(job["id"], f"New fine-tuned model created: {job['fine_tuned_model']}")
+        self.store.update_job(job["id"], trained_tokens=_trained_tokens(Path(job["run_dir"])))
+        self._finish(job, "succeeded", None)
+
+    def _finish(self, job: dict, status: str, error: dict | None) -> None:
+        updates = {"status": status, "finished_at": now(), "pid": None, "error": error}
+        if status != "succeeded":
+            updates["fine_tuned_model"] = None
+        self.store.update_job(job["id"], **updates)
+        message = {"succeeded": "The job has successfully completed", "cancelled": "Job cancelled"}.get(
+            status, f"Job failed: {(error or {}).get('message', '')}")
+        self.store.add_event(job["id"], message, level="error" if status == "failed" else "info")
+        self.proc, self.job_id = None, None
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    try:
+        from ..train.checkpoint import latest_checkpoint
+    except ImportError:
+        return False
+    return run_dir.is_dir() and latest_checkpoint(run_dir) is not None
+
+
+def _result_dir(run_dir: Path) -> bool:
+    return (run_dir / "adapter" / "adapter_config.json").is_file() or (run_dir / "model" / "config.json").is_file()
+
+
+def _total_steps(run_dir: Path) -> int | None:
+    """The run's optimizer steps, from its resolved config (and data report when max_steps is unset)."""
+    cfg, report = run_dir / "config.yaml", run_dir / "data_report.json"
+    if not cfg.is_file():
+        return None
+    train = (yaml.safe_load(cfg.read_text()) or {}).get("train") or {}
+    if train.get("max_steps"):
+        return int(train["max_steps"])
+    try:
+        examples = json.loads(report.read_text())["train_examples"]
+        return max(1, math.ceil(math.ceil(examples / int(train["batch_size"])) * float(train["epochs"])))
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _trained_tokens(run_dir: Path) -> int | None:
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        data = json.loads(summary.read_text())
+        for key in ("trained_tokens", "tokens"):
+            if isinstance(data.get(key), int):
+                return data[key]
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        tokens = [r.get("tokens") for r in rows if isinstance(r.get("tokens"), int)]
+        return max(tokens) if tokens else None
+    return None

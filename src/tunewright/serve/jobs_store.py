@@ -1,0 +1,167 @@
+"""Where uploaded files, fine-tuning jobs and their events live: SQLite behind a database URL.
+
+The URL form (`sqlite:///runs/tunewright.db`, `sqlite:////abs/path.db`) leaves room for a shared
+server database later; today only SQLite is implemented. One connection, guarded by a lock, in
+WAL mode: the API threads and the job runner thread write small rows, rarely at once.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from ..errors import UserError
+
+DEFAULT_DATABASE_URL = "sqlite:///runs/tunewright.db"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY, filename TEXT, purpose TEXT, bytes INTEGER, created_at INTEGER, path TEXT,
+    rows INTEGER
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, model TEXT, base_spec TEXT, training_file TEXT, validation_file TEXT,
+    hyperparameters TEXT, extras TEXT, suffix TEXT, seed INTEGER, status TEXT, created_at INTEGER,
+    started_at INTEGER, finished_at INTEGER, fine_tuned_model TEXT, run_dir TEXT, error TEXT,
+    trained_tokens INTEGER, pid INTEGER, last_step INTEGER DEFAULT 0, cancel_requested INTEGER DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, job_id TEXT, created_at INTEGER, level TEXT,
+    message TEXT, type TEXT, data TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
+"""
+JSON_COLUMNS = ("hyperparameters", "extras", "error", "data")
+ACTIVE = ("validating_files", "queued", "running")
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def sqlite_path(url: str | None) -> Path | str:
+    """The file a `sqlite:///` URL names (relative to the working directory), or ':memory:'."""
+    url = url or DEFAULT_DATABASE_URL
+    if url in ("sqlite://", "sqlite:///:memory:"):
+        return ":memory:"
+    if not url.startswith("sqlite:///"):
+        scheme = url.split(":", 1)[0]
+        raise UserError(f"database URL scheme '{scheme}' is not supported yet; only SQLite is",
+                        "use --database sqlite:///path/to/jobs.db (or leave it out for ./runs/tunewright.db)")
+    return Path(url[len("sqlite:///"):])
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class JobStore:
+    """Rows in, dicts out; JSON columns decoded on the way out."""
+
+    def __init__(self, url: str | None = None) -> None:
+        path = sqlite_path(url)
+        if isinstance(path, Path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+
+    @property
+    def root(self) -> Path:
+        """The folder uploaded files and job runs go in: beside the database file."""
+        return self.path.parent if isinstance(self.path, Path) else Path("runs")
+
+    def _rows(self, sql: str, args: tuple = ()) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [_decode(dict(r)) for r in rows]
+
+    def _write(self, sql: str, args: tuple = ()) -> None:
+        with self._lock:
+            self._db.execute(sql, args)
+
+    def _insert(self, table: str, row: dict) -> None:
+        row = {k: json.dumps(v) if k in JSON_COLUMNS and v is not None else v for k, v in row.items()}
+        cols = ", ".join(row)
+        self._write(f"INSERT INTO {table} ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+
+    # --- files --------------------------------------------------------------------------------
+
+    def add_file(self, row: dict) -> dict:
+        self._insert("files", row)
+        return self.file(row["id"])
+
+    def file(self, file_id: str) -> dict | None:
+        rows = self._rows("SELECT * FROM files WHERE id = ?", (file_id,))
+        return rows[0] if rows else None
+
+    def files(self, purpose: str | None = None) -> list[dict]:
+        if purpose:
+            return self._rows("SELECT * FROM files WHERE purpose = ? ORDER BY created_at DESC, rowid DESC", (purpose,))
+        return self._rows("SELECT * FROM files ORDER BY created_at DESC, rowid DESC")
+
+    def delete_file(self, file_id: str) -> None:
+        self._write("DELETE FROM files WHERE id = ?", (file_id,))
+
+    # --- jobs ---------------------------------------------------------------------------------
+
+    def add_job(self, row: dict) -> dict:
+        self._insert("jobs", row)
+        return self.job(row["id"])
+
+    def job(self, job_id: str) -> dict | None:
+        rows = self._rows("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return rows[0] if rows else None
+
+    def jobs(self, statuses: tuple[str, ...] | None = None) -> list[dict]:
+        """Newest first."""
+        if statuses:
+            marks = ", ".join("?" * len(statuses))
+            return self._rows(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY created_at DESC, rowid DESC", statuses)
+        return self._rows("SELECT * FROM jobs ORDER BY created_at DESC, rowid DESC")
+
+    def next_queued(self) -> dict | None:
+        rows = self._rows("SELECT * FROM jobs WHERE status = 'queued' ORDER BY created_at, rowid LIMIT 1")
+        return rows[0] if rows else None
+
+    def update_job(self, job_id: str, **fields) -> None:
+        fields = {k: json.dumps(v) if k in JSON_COLUMNS and v is not None else v for k, v in fields.items()}
+        assignments = ", ".join(f"{k} = ?" for k in fields)
+        self._write(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))
+
+    # --- events -------------------------------------------------------------------------------
+
+    def add_event(self, job_id: str, message: str, level: str = "info", type: str = "message", data: dict | None = None) -> None:
+        self._insert("events", {"id": new_id("ftevent"), "job_id": job_id, "created_at": now(), "level": level,
+                                "message": message, "type": type, "data": data})
+
+    def events(self, job_id: str) -> list[dict]:
+        """Newest first, as the OpenAI API lists them."""
+        return self._rows("SELECT * FROM events WHERE job_id = ? ORDER BY seq DESC", (job_id,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _decode(row: dict) -> dict:
+    for key in JSON_COLUMNS:
+        if key in row and isinstance(row[key], str):
+            row[key] = json.loads(row[key])
+    return row
+
+
+def page(items: list[dict], after: str | None, limit: int) -> tuple[list[dict], bool]:
+    """OpenAI cursor pagination: the items after the one with id `after`, at most `limit` of them."""
+    if after:
+        ids = [item["id"] for item in items]
+        items = items[ids.index(after) + 1:] if after in ids else []
+    return items[:limit], len(items) > limit
