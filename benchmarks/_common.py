@@ -1,0 +1,197 @@
+"""What every baseline script shares: the same examples as tunewright, step timing, memory, the result JSON.
+
+The baselines train with stock `transformers.Trainer` / TRL; only the data preparation is
+tunewright's (`prepare_data`), so every tool trains the same tokens with the same completion-only
+masks and truncation, and the comparison is about the training engine alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model", default="smollm2-135m-instruct", help="tunewright model spec (alias, HF folder, .gguf, hub id)")
+    p.add_argument("--data", default="examples/stdlib-qa/train.jsonl")
+    p.add_argument("--validation", default=None, help="validation file; its token-weighted loss is reported after training")
+    p.add_argument("--steps", type=int, default=20, help="optimizer steps")
+    p.add_argument("--micro-batch", type=int, default=8, help="examples (or packed rows) per step")
+    p.add_argument("--max-len", type=int, default=512)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", required=True, help="result JSON path")
+    return p
+
+
+def setup_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(n)
+
+
+def load_examples(model: str, data: str, validation: str | None, max_len: int):
+    """(model folder, tokenizer, train examples, validation examples) exactly as `tunewright train` sees them."""
+    from tunewright.config import load_config
+    from tunewright.data import prepare_data
+    from tunewright.models import load_tokenizer, local_model_dir
+
+    model_dir = local_model_dir(model)
+    tokenizer = load_tokenizer(model_dir)
+    overrides = [f"data.max_seq_len={max_len}"] + ([f"data.validation={validation}"] if validation else [])
+    cfg = load_config(model=model, overrides=overrides + [f"data.train={data}"])
+    prepared = prepare_data(cfg, tokenizer)
+    return model_dir, tokenizer, prepared.train, prepared.validation
+
+
+def load_lora_model(model_dir: str, r: int = 16, alpha: float = 32, dropout: float = 0.05):
+    """The fp32 base from the plain HF folder plus PEFT LoRA on every linear layer, as users set it up."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.config.use_cache = False  # no KV cache while training (also what keeps packed rows apart)
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def peak_memory_bytes() -> int:
+    """Peak allocated on CUDA; peak resident set size of this process on CPU (Linux reports KiB)."""
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+class BatchCounter:
+    """Wraps a collator and records real / padded / trained tokens of each batch it builds."""
+
+    def __init__(self, collator, pad_id: int):
+        self.collator = collator
+        self.pad_id = pad_id
+        self.batches: list[dict] = []
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        ids, labels = batch["input_ids"], batch["labels"]
+        # padding-free batches (TRL packing) have no attention mask and no padding
+        real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(ids.numel())
+        # trained tokens: label positions the causal shift keeps (the first position is never a target)
+        trained = int((labels[:, 1:] != IGNORE_INDEX).sum())
+        self.batches.append({"real": real, "padded": int(ids.numel()), "trained": trained})
+        return batch
+
+
+def step_timer():
+    """A TrainerCallback that times each optimizer step (forward, backward, clip, optimizer) and records its loss."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.seconds: list[float] = []
+            self.losses: list[float] = []
+            self._t0 = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seconds.append(time.perf_counter() - self._t0)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+    return StepTimer()
+
+
+@torch.no_grad()
+def token_weighted_loss(model, examples, batch_size: int = 8, pad_id: int = 0) -> float | None:
+    """Validation loss the way tunewright reports it: summed CE over all trained tokens / their count."""
+    if not examples:
+        return None
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        width = max(len(e.input_ids) for e in chunk)
+        ids = torch.tensor([e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in chunk])
+        labels = torch.tensor([e.labels + [IGNORE_INDEX] * (width - len(e.labels)) for e in chunk])
+        mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in chunk])
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target = labels[:, 1:]
+        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum",
+                                                   ignore_index=IGNORE_INDEX).item()
+        count += int((target != IGNORE_INDEX).sum())
+    model.train()
+    return total / max(count, 1)
+
+
+def attention_length_stats(examples) -> dict:
+    """Sum of lengths and of squared lengths: the attention term of the FLOP formula needs E[L^2]/E[L]."""
+    lengths = [len(e.input_ids) for e in examples]
+    return {"sum_len": sum(lengths), "sum_len_sq": sum(n * n for n in lengths), "examples": len(lengths)}
+
+
+def write_result(path: str, tool: str, timer, counter: BatchCounter, val_loss: float | None, extra: dict) -> dict:
+    """The result JSON every runner writes; step 1 (allocator and thread warm-up) is reported apart."""
+    steps = len(timer.seconds)
+    batches = counter.batches[:steps]  # the dataloader may have built one batch ahead
+    real = [b["real"] for b in batches]
+    padded = [b["padded"] for b in batches]
+    timed = slice(1, None) if steps > 1 else slice(0, None)
+    seconds = sum(timer.seconds[timed])
+    result = {
+        "tool": tool,
+        "steps": steps,
+        "train_seconds": round(sum(timer.seconds), 3),
+        "timed_seconds": round(seconds, 3),
+        "first_step_seconds": round(timer.seconds[0], 3) if steps else None,
+        "real_tokens": sum(real),
+        "padded_tokens": sum(padded),
+        "trained_tokens": sum(b["trained"] for b in batches),
+        "timed_real_tokens": sum(real[timed]),
+        "timed_trained_tokens": sum(b["trained"] for b in batches[timed]),
+        "tokens_per_s": round(sum(real[timed]) / seconds, 2) if seconds else 0.0,
+        "pad_share": round(1 - sum(real) / sum(padded), 4) if sum(padded) else 0.0,
+        "peak_memory_bytes": peak_memory_bytes(),
+        "memory_kind": "cuda_max_allocated" if torch.cuda.is_available() else "cpu_max_rss",
+        "final_train_loss": timer.losses[-1] if timer.losses else None,
+        "final_eval_loss": val_loss,
+        "threads": torch.get_num_threads(),
+        "versions": _versions(),
+        "argv": sys.argv,
+        **extra,
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("tool", "steps", "tokens_per_s", "pad_share", "peak_memory_bytes", "final_eval_loss")}))
+    return result
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("torch", "transformers", "peft", "trl", "accelerate"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def quiet() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    transformers.logging.set_verbosity_error()

@@ -1,0 +1,64 @@
+"""Baseline: stock `transformers.Trainer` + PEFT LoRA (r16, alpha 32, all-linear), padding to the longest, fp32.
+
+This is how most users fine-tune with LoRA: a tokenized dataset with -100 labels on the prompt,
+`DataCollatorForSeq2Seq` padding each batch to its longest example, and the model's own loss over
+full logits. Run it in its own process; it writes one result JSON (see _common.write_result).
+
+    python benchmarks/trainer_peft.py --steps 20 --out benchmarks/out/trainer_peft.json
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _common.base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    _common.quiet()
+    _common.setup_threads(args.threads)
+    import torch
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    model_dir, tokenizer, train, validation = _common.load_examples(args.model, args.data, args.validation, args.max_len)
+    dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in train])
+    model = _common.load_lora_model(model_dir)
+    collator = _common.BatchCounter(
+        DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=_common.IGNORE_INDEX, return_tensors="pt"),
+        tokenizer.pad_token_id)
+    timer = _common.step_timer()
+    training_args = TrainingArguments(
+        output_dir=str(Path(args.out).parent / "trainer_peft_run"),
+        per_device_train_batch_size=args.micro_batch,
+        gradient_accumulation_steps=1,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=math.ceil(0.03 * args.steps),  # what tunewright does with warmup_ratio 0.03
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        seed=args.seed,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator, callbacks=[timer])
+    trainer.train()
+    val_loss = _common.token_weighted_loss(model, validation, args.micro_batch, tokenizer.pad_token_id)
+    return _common.write_result(args.out, "trainer_peft", timer, collator, val_loss, {
+        "precision": "fp32", "packing": False, "micro_batch": args.micro_batch, "max_len": args.max_len,
+        "lengths": _common.attention_length_stats(train),
+    })
+
+
+if __name__ == "__main__":
+    main()
