@@ -44,13 +44,15 @@ class TokenLoss(torch.nn.Module):
         backbone = getattr(base, getattr(base, "base_model_prefix", "model"), None)
         plain_head = type(head) is torch.nn.Linear and not getattr(base.config, "final_logit_softcapping", None)
         self.fast = chunked and plain_head and backbone is not None and not hasattr(base.config, "logit_scale")
-        self._backbone, self._head = (backbone, head) if self.fast else (None, None)
+        # a plain tuple, so the backbone is not registered (and its parameters listed) twice
+        self._parts = (backbone, head) if self.fast else (None, None)
 
     def forward(self, input_ids, position_ids, labels):
         if self.fast:
-            hidden = self._backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+            backbone, head = self._parts
+            hidden = backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
             h, targets = select_trained_positions(hidden, labels)
-            return token_loss_sum(h, self._head.weight, targets, self._head.bias)
+            return token_loss_sum(h, head.weight, targets, head.bias)
         logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), reduction="sum", ignore_index=-100)
 

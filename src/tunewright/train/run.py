@@ -104,11 +104,11 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
     tokenizer = load_tokenizer(model_dir, cfg.chat_template, cfg.trust_remote_code)
     if cfg.chat_template is None and _template_was_added(model_dir, tokenizer):
         cfg = cfg.model_copy(update={"chat_template": tokenizer.chat_template})
-    data = prepare_data(cfg, tokenizer)
-    cfg = _record_detected_format(cfg, data.report)
-
-    run_dir.mkdir(parents=True, exist_ok=True)
     accelerator = make_accelerator(cfg, run_dir)
+    with accelerator.main_process_first():  # one process tokenizes and fills the cache, the others read it
+        data = prepare_data(cfg, tokenizer)
+    cfg = _record_detected_format(cfg, data.report)
+    run_dir.mkdir(parents=True, exist_ok=True)
     model = load_model(model_dir, trust_remote_code=cfg.trust_remote_code, **_quant_kwargs(cfg))
     cfg = resolve_auto(cfg, len(data.train), sum(p.numel() for p in model.parameters()), accelerator.device)
     model = apply_method(model, cfg)
