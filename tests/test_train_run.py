@@ -192,3 +192,37 @@ def test_train_on_the_real_smollm2_for_a_few_steps(tmp_path):
     assert len(rows) == 2 and all(r["loss"] == r["loss"] and r["loss"] < 10 for r in rows)
     assert "eval_loss" in rows[-1]
     assert json.loads((run / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def test_gradient_checkpointing_gives_the_same_adapter(tiny_model_dir, data, tmp_path):
+    from safetensors.torch import load_file
+
+    weights = {}
+    for ckpt in (False, True):
+        run = tmp_path / f"gc-{ckpt}"
+        train(_cfg(tiny_model_dir, data, run, train__max_steps=2, train__learning_rate=1e-2, lora__dropout=0,
+                   train__gradient_checkpointing=ckpt))
+        weights[ckpt] = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    for k in weights[False]:
+        torch.testing.assert_close(weights[True][k], weights[False][k], atol=1e-6, rtol=1e-5)
+
+
+def test_early_stopping_ends_the_run_when_validation_stops_improving(tiny_model_dir, data, tmp_path, monkeypatch):
+    import tunewright.train.loop as loop
+
+    worse = iter([1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7])
+    monkeypatch.setattr(loop, "evaluate_loss", lambda *a, **k: next(worse))
+    run = tmp_path / "es"
+    result = train(_cfg(tiny_model_dir, data, run, train__max_steps=8, train__eval_every=1, train__save_every=1,
+                        train__early_stopping_patience=2))
+    assert result.summary["stopped_early"] and result.summary["steps"] == 3
+    assert result.summary["best_eval_loss"] == 1.0
+    assert result.summary["best_checkpoint"].endswith("step-1")
+    assert (run / "checkpoints" / "step-1" / "COMPLETE").is_file(), "the best checkpoint survives rotation"
+    from safetensors.torch import load_file
+
+    best = load_file(str(run / "checkpoints" / "step-1" / "trainable.safetensors"))
+    final = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    some_b = next(k for k in best if "lora_B" in k)
+    final_key = next(k for k in final if some_b.split("base_model.model.")[-1].replace(".default", "") in k)
+    torch.testing.assert_close(final[final_key], best[some_b]), "the adapter holds the best weights"

@@ -81,7 +81,16 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer, scheduler and RNG; returns the trainer state (step, data position, best...)."""
-    weights = load_file(str(path / "trainable.safetensors"))
+    load_trainable_weights(path, model)
+    state = torch.load(path / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return json.loads((path / "trainer_state.json").read_text())
+
+
+def load_trainable_weights(path: Path, model) -> None:
+    weights = load_file(str(Path(path) / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
     if missing:
@@ -89,11 +98,6 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
-    state = torch.load(path / "state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    return json.loads((path / "trainer_state.json").read_text())
 
 
 def rotate_checkpoints(run_dir: Path, keep: int, protect: Path | None = None) -> None:

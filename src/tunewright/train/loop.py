@@ -188,6 +188,9 @@ def run_training(model, train: list[TokenizedExample], validation: list[Tokenize
                 break
 
     result.steps = done
+    if result.stopped_early and state["best_checkpoint"]:
+        # early stopping means "the best weights", not the ones after `patience` worse evaluations
+        ckpt.load_trainable_weights(state["best_checkpoint"], accelerator.unwrap_model(model))
     result.best_eval_loss = state["best_eval_loss"]
     result.best_checkpoint = state["best_checkpoint"]
     result.peak_memory_bytes = peak_memory_bytes(device)
