@@ -43,6 +43,13 @@ def is_peft_model(model) -> bool:
     return callable(getattr(model, "disable_adapter", None)) and hasattr(model, "peft_config")
 
 
+def inference_device() -> str:
+    """The GPU when there is one: loading puts models on the CPU, where generation is slow."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def default_compare_base(run_or_model: str, compare_base: bool | None) -> bool:
     """Compare by default for runs (they record their base), not for plain models."""
     return describe_run(run_or_model) is not None if compare_base is None else compare_base
@@ -60,6 +67,7 @@ def load_sides(run_or_model: str, compare_base: bool, flag: str = "--compare-bas
         raise UserError(f"run '{run_or_model}' does not say which base model it was trained from",
                         f"add `model: <base>` to its config.yaml, or drop {flag}")
     loaded = load_for_inference(run_or_model)
+    loaded.model.to(inference_device())
     tuned = Side(TUNED, loaded.name, loaded.model, loaded.tokenizer)
     if not compare_base:
         return [tuned]
