@@ -15,7 +15,7 @@ from rich.console import Console
 from ..data.templates import generation_prompt_ids
 from ..errors import UserError
 from .generate import SamplingSettings, generation_config, model_device
-from .sides import BASE, TUNED, Side, load_sides
+from .sides import TUNED, Side, load_sides
 
 HELP = "commands: /reset starts over, /exit (or Ctrl-D) quits"
 console = Console(highlight=False)
@@ -147,4 +147,4 @@ def _interactive(session: ChatSession) -> None:
         session.send(text, _Printer(labelled=len(session.sides) > 1, prompt="[bold blue]model>[/] "))
 
 
-__all__ = ["BASE", "TUNED", "ChatSession", "chat", "stream_answer"]
+__all__ = ["ChatSession", "chat", "stream_answer"]
