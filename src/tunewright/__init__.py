@@ -8,10 +8,10 @@ from .errors import UserError
 
 
 def train(config, resume: bool = False):
-    """Fine-tune per `config` (a RunConfig or a YAML path); returns a RunResult."""
-    from .train import train as _train
+    """Fine-tune per `config` (a RunConfig or a YAML path), then compare with the base; returns a RunResult."""
+    from .workflow import train_and_evaluate
 
-    return _train(config if isinstance(config, RunConfig) else load_config(config), resume=resume)
+    return train_and_evaluate(config if isinstance(config, RunConfig) else load_config(config), resume=resume)
 
 
 def evaluate(run_or_model: str, data, **kwargs):

@@ -75,13 +75,13 @@ def train(
 ):
     """Fine-tune a model on your examples."""
     from .config import load_config
-    from .train import train as run_train
+    from .workflow import train_and_evaluate
 
     fields = {"model": model, "method": method, "output_dir": output}
     if data:
         fields["data__train"] = data[0] if len(data) == 1 else data
     cfg = load_config(config, overrides=set_ or [], **fields)
-    run_train(cfg, resume=resume)
+    train_and_evaluate(cfg, resume=resume)
 
 
 @app.command()

@@ -41,7 +41,7 @@ def quickstart_config(output: str, max_steps: int | None = None):
 
 
 def run_quickstart(output: str = "runs/quickstart", max_steps: int | None = None) -> None:
-    from .train import train
+    from .workflow import train_and_evaluate
 
     started = time.perf_counter()
     cfg = quickstart_config(output, max_steps)
@@ -49,7 +49,7 @@ def run_quickstart(output: str = "runs/quickstart", max_steps: int | None = None
         f"Fine-tuning [bold]SmolLM2-135M-Instruct[/] (embedded) with LoRA on {cfg.data.train}\n"
         f"then comparing it with the base model on held-out questions. Run directory: [bold]{output}[/]",
         title="tunewright quickstart"))
-    result = train(cfg)
+    result = train_and_evaluate(cfg)
     minutes = (time.perf_counter() - started) / 60
     run = result.run_dir
     lines = [

@@ -25,8 +25,12 @@ class RunResult:
     run_dir: Path
     config: RunConfig
     summary: dict
-    eval_results: dict | None = None
+    eval_results: dict | None = None  # filled by the evaluation step that follows training
     outputs: dict = field(default_factory=dict)
+    model: object = field(default=None, repr=False)  # the trained model, still in memory, for evaluation
+    tokenizer: object = field(default=None, repr=False)
+    held_out: list = field(default_factory=list, repr=False)  # validation conversations
+    is_main_process: bool = True
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -131,13 +135,13 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
     if accelerator.is_main_process:
         outputs = save_result(model, tokenizer, cfg, run_dir, model_dir)
     summary = build_summary(result, time.perf_counter() - started, params, cfg)
-    eval_results = None
     if accelerator.is_main_process:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
         print_summary(summary, run_dir)
-        eval_results = _evaluate_after(model, tokenizer, data, cfg, run_dir)
-    return RunResult(run_dir, cfg, summary, eval_results, outputs)
+    model.eval()
+    return RunResult(run_dir, cfg, summary, outputs=outputs, model=model, tokenizer=tokenizer,
+                     held_out=data.validation_conversations, is_main_process=accelerator.is_main_process)
 
 
 def _template_was_added(model_dir: str, tokenizer) -> bool:
@@ -183,20 +187,3 @@ def _point_adapter_at_base(adapter_dir: Path, base_dir: str) -> None:
     cfg = json.loads(path.read_text())
     cfg["base_model_name_or_path"] = base_dir
     path.write_text(json.dumps(cfg, indent=2))
-
-
-def _evaluate_after(model, tokenizer, data, cfg: RunConfig, run_dir: Path) -> dict | None:
-    """Base-vs-tuned on the held-out conversations, when the evaluation module is present and it is wanted."""
-    if not cfg.eval.after_train:
-        return None
-    conversations = data.validation_conversations
-    if cfg.eval.data:  # a held-out test set beats the validation split used for early stopping
-        from ..data import load_conversations
-
-        conversations = load_conversations(cfg.eval.data, cfg.data.format).conversations
-    if not conversations:
-        return None
-    from ..evaluate import evaluate_after_training
-
-    model.eval()
-    return evaluate_after_training(run_dir, model, tokenizer, conversations, cfg.eval, cfg.model)
