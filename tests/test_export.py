@@ -192,3 +192,16 @@ def test_export_command_line(adapter_run, tmp_path):
     assert bad.exit_code == 2 and "unknown export format" in bad.output
     q8_hf = runner.invoke(app, ["export", str(adapter_run), "--format", "hf", "--quant", "q8_0", "--output", str(tmp_path / "y")])
     assert q8_hf.exit_code == 2
+
+
+def test_merge_says_when_the_base_was_dequantized(tmp_path):
+    from tunewright.export.merge import base_notes
+
+    gguf_file = tmp_path / "base.Q4_1.gguf"
+    gguf_file.write_bytes(b"GGUF")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": str(gguf_file), "method": "qlora"}))
+    notes = base_notes(str(gguf_file), str(run))
+    assert any("dequantized to fp32" in n for n in notes)
+    assert any("4-bit" in n for n in notes)

@@ -193,3 +193,19 @@ def test_server_is_healthy_after_everything(client, server):
     health = httpx.get(f"{server}/health").json()
     assert health["status"] == "ok" and health["queued"] == 0 and health["running"] == 0
     assert chat(client, "run-a", "still there?").choices[0].message.content is not None
+
+
+def test_serve_command_refuses_a_busy_port_and_unknown_engine(tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from tunewright.cli import app
+
+    runner = CliRunner()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = runner.invoke(app, ["serve", str(tiny_model_dir), "--port", str(port)])
+    assert taken.exit_code == 2 and "cannot listen" in taken.output
+    engine = runner.invoke(app, ["serve", str(tiny_model_dir), "--engine", "tgi"])
+    assert engine.exit_code == 2 and "unknown --engine" in engine.output

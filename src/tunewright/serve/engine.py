@@ -173,10 +173,15 @@ class Engine:
                 r.sink({"type": "error", "message": f"generation failed: {type(exc).__name__}: {exc}"})
             return
         self.steps += 1
-        rows = [Sequence(r, self._generator(r), position=len(r.prompt_ids)) for r in new]
-        fresh.attach(rows, mask)
-        self._accept_tokens(fresh, out.logits[:, -1, :])
-        self._batch = fresh if self._batch is None else self._batch.merge(fresh)
+        try:
+            rows = [Sequence(r, self._generator(r), position=len(r.prompt_ids)) for r in new]
+            fresh.attach(rows, mask)
+            self._accept_tokens(fresh, out.logits[:, -1, :])
+            self._batch = fresh if self._batch is None else self._batch.merge(fresh)
+        except Exception as exc:  # the running batch may be half-merged: fail everyone, visibly
+            for r in new:
+                r.sink({"type": "error", "message": f"generation failed: {type(exc).__name__}: {exc}"})
+            raise
         self._drop_finished()
 
     def _step(self) -> None:
