@@ -252,7 +252,8 @@ class Engine:
 
     def _emit(self, row: Sequence) -> None:
         end = len(row.text) if row.finish_reason else len(row.text) - row.hold_back
-        while end > row.emitted and row.text[end - 1] == "\ufffd":  # half of a multi-byte character
+        # hold back half of a multi-byte character while more tokens may complete it; flush at the end
+        while not row.finish_reason and end > row.emitted and row.text[end - 1] == "\ufffd":
             end -= 1
         if end > row.emitted:
             row.request.sink({"type": "delta", "text": row.text[row.emitted:end]})
