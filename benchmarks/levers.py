@@ -1,0 +1,412 @@
+"""Lever micro-benchmarks: each speed/memory lever measured on its own, on SmolLM2-135M + LoRA r16 all-linear.
+
+Every variant runs in its own process (so peak RSS belongs to it alone) and does what a training
+step does: forward + backward of tunewright's `TokenLoss` over the micro-batches of one optimizer
+step (8 examples of the example data), then an AdamW step. It reports real tokens/s over the steps
+after the first, pad share, peak RSS and the losses (for parity). The `default` variant is the
+training loop as it stands; every other variant changes one thing.
+
+    python benchmarks/levers.py --out benchmarks/out/levers.json            # all levers
+    python benchmarks/levers.py --only packing,dropout --steps 4
+
+Prototypes of levers that the loop does not have yet live here too (`balanced_rows`,
+`FastLoraDropout`), so they can be measured before they move into `tunewright.train`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+VARIANTS = {
+    # name: what changes relative to "default" (the loop as it stands)
+    "default": {},
+    "padded": {"batching": "padded"},
+    "balanced": {"batching": "balanced"},
+    "full_logits": {"chunked": False},
+    "fast_dropout": {"dropout": "fast"},
+    "balanced_fast_dropout": {"batching": "balanced", "dropout": "fast"},
+    "checkpointing": {"checkpointing": True},
+    "threads_1": {"threads": 1},
+    "compile": {"compile": True},
+    "adamw_fused": {"optimizer": "fused"},
+    "adamw_foreach": {"optimizer": "foreach"},
+}
+LEVERS = {
+    "packing": ["default", "padded", "balanced"],
+    "loss": ["default", "full_logits"],
+    "dropout": ["default", "fast_dropout", "balanced_fast_dropout"],
+    "checkpointing": ["default", "checkpointing"],
+    "threads": ["default", "threads_1"],
+    "optimizer": ["default", "adamw_fused", "adamw_foreach"],
+    "compile": ["default", "compile"],
+}
+
+
+# --- lever prototypes ---------------------------------------------------------------------------
+
+
+def balanced_rows(examples: list, row_len: int) -> list[list]:
+    """Pack into as few rows as the tokens need, balancing their lengths (longest example to the emptiest row).
+
+    First-fit into rows of exactly `row_len` leaves the last row mostly padding when a step holds
+    little more than one row of tokens (8 short examples: one full row + one of 100 tokens, padded
+    to 512); balanced rows of about total/n each pad almost nothing and keep rows short (attention
+    is quadratic in the row length).
+    """
+    total = sum(len(e.input_ids) for e in examples)
+    n_rows = max(1, math.ceil(total / row_len))
+    ordered = sorted(examples, key=lambda e: len(e.input_ids), reverse=True)
+    while True:
+        rows: list[list] = [[] for _ in range(n_rows)]
+        loads = [0] * n_rows
+        for ex in ordered:
+            i = min(range(n_rows), key=loads.__getitem__)
+            if loads[i] + len(ex.input_ids) > row_len:
+                break
+            rows[i].append(ex)
+            loads[i] += len(ex.input_ids)
+        else:
+            return [r for r in rows if r]
+        n_rows += 1
+
+
+def dropout_keep_mask(shape: tuple, p: float, device) -> torch.Tensor:
+    """A boolean keep-mask with P(keep) = 1 - p (to 2^-32), drawn ~3x faster than torch's CPU bernoulli_.
+
+    torch's CPU `bernoulli_` draws each element from a serial generator (~10 ns per element here);
+    numpy's PCG64 fills 32-bit lanes at ~1 ns. The PCG64 seed comes from torch's generator, so
+    `torch.manual_seed` and a checkpoint's saved torch RNG state still fix every mask.
+    """
+    if device.type != "cpu":
+        return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1 - p)
+    import numpy as np
+
+    n = math.prod(shape)
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    lanes = np.random.PCG64(seed).random_raw((n + 1) // 2).view(np.uint32)[:n]
+    return torch.from_numpy(lanes >= np.uint32(round(p * 2**32))).view(shape)
+
+
+class _DropoutMask(torch.autograd.Function):
+    """x * mask / (1 - p) saving a 1-byte boolean mask (F.dropout keeps a 4-byte float one)."""
+
+    @staticmethod
+    def forward(ctx, x, p):
+        mask = dropout_keep_mask(tuple(x.shape), p, x.device)
+        ctx.save_for_backward(mask)
+        ctx.scale = 1.0 / (1 - p)
+        return (x * mask).mul_(ctx.scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return (grad * mask).mul_(ctx.scale), None
+
+
+class FastLoraDropout(torch.nn.Module):
+    """Drop-in for PEFT's `lora_dropout` nn.Dropout: the same Bernoulli(1 - p) masks, cheaper on CPU.
+
+    With LoRA on every linear layer there are 7 dropouts per block (210 in SmolLM2-135M), each over
+    a (tokens x 576..1536) input: torch's serial CPU RNG made them ~20% of a training step.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        return _DropoutMask.apply(x, self.p)
+
+
+def use_fast_lora_dropout(model) -> int:
+    """Swap every PEFT LoRA dropout for FastLoraDropout; returns how many were swapped."""
+    swapped = 0
+    for module in model.modules():
+        drops = getattr(module, "lora_dropout", None)
+        if isinstance(drops, torch.nn.ModuleDict):
+            for key, drop in list(drops.items()):
+                if isinstance(drop, torch.nn.Dropout) and drop.p > 0:
+                    drops[key] = FastLoraDropout(drop.p)
+                    swapped += 1
+    return swapped
+
+
+# --- one variant, in its own process ------------------------------------------------------------
+
+
+def _examples(model: str, data: str, max_len: int):
+    from tunewright.config import load_config
+    from tunewright.data import prepare_data
+    from tunewright.models import load_tokenizer, local_model_dir
+
+    model_dir = local_model_dir(model)
+    tokenizer = load_tokenizer(model_dir)
+    cfg = load_config(model=model, overrides=[f"data.train={data}", f"data.max_seq_len={max_len}"])
+    return model_dir, tokenizer, cfg, prepare_data(cfg, tokenizer).train
+
+
+def _step_batches(examples, batching: str, pad_id: int, budget: int, max_len: int):
+    from tunewright.train.batching import collate, micro_batches
+
+    if batching == "balanced":
+        return [collate(balanced_rows(examples, max_len), pad_id)]
+    return micro_batches(examples, pad_id, budget, batching != "padded", max_len)
+
+
+def run_variant(name: str, args) -> dict:
+    """Train `args.steps` optimizer steps with one variant; tokens/s over steps 2..N, peak RSS, losses."""
+    v = {"batching": "ffd", "chunked": True, "dropout": "peft", "checkpointing": False, "threads": args.threads,
+         "compile": False, "optimizer": "default", **VARIANTS[name]}
+    torch.set_num_threads(v["threads"])
+    torch.manual_seed(0)
+    from tunewright.models import load_model
+    from tunewright.train.batching import step_example_ids
+    from tunewright.train.loop import TokenLoss
+    from tunewright.train.methods import apply_method
+
+    model_dir, tokenizer, cfg, examples = _examples(args.model, args.data, args.max_len)
+    model = apply_method(load_model(model_dir), cfg)
+    if v["dropout"] == "fast":
+        use_fast_lora_dropout(model)
+    if v["checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    loss_module = TokenLoss(model, chunked=v["chunked"])
+    loss_module.train()
+    forward = torch.compile(loss_module, dynamic=True) if v["compile"] else loss_module
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt_kwargs = {"fused": {"fused": True}, "foreach": {"foreach": True}, "default": {}}[v["optimizer"]]
+    optimizer = torch.optim.AdamW(params, lr=2e-4, **opt_kwargs)
+    seconds, real, padded, losses = [], [], [], []
+    for step in range(args.steps):
+        _, ids = step_example_ids(len(examples), args.micro_batch, 42, step)
+        mbs = _step_batches([examples[i] for i in ids], v["batching"], tokenizer.pad_token_id, 4096, args.max_len)
+        trained = sum(mb.trained_tokens for mb in mbs)
+        start = time.perf_counter()
+        total = 0.0
+        for mb in mbs:
+            loss = forward(mb.input_ids, mb.position_ids, mb.labels)
+            (loss / trained).backward()
+            total += loss.item()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds.append(time.perf_counter() - start)
+        real.append(sum(mb.real_tokens for mb in mbs))
+        padded.append(sum(mb.padded_tokens for mb in mbs))
+        losses.append(total / trained)
+    timed = slice(1, None)
+    return {
+        "variant": name, **v, "steps": args.steps,
+        "tokens_per_s": sum(real[timed]) / sum(seconds[timed]),
+        "first_step_seconds": seconds[0],
+        "step_seconds": seconds,
+        "pad_share": 1 - sum(real) / sum(padded),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "losses": losses,
+    }
+
+
+def interleaved(args, names: list[str]) -> dict:
+    """Timing only: variants that can be switched inside one process, alternated step by step on the same examples.
+
+    On a shared machine the load drifts between processes; alternating A, B, C on each step's
+    examples in one process compares them under the same load.
+    """
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    from tunewright.models import load_model
+    from tunewright.train.batching import step_example_ids
+    from tunewright.train.loop import TokenLoss
+    from tunewright.train.methods import apply_method
+
+    model_dir, tokenizer, cfg, examples = _examples(args.model, args.data, args.max_len)
+    model = apply_method(load_model(model_dir), cfg)
+    peft_drops = {id(m): dict(m.lora_dropout) for m in model.modules() if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)}
+    fast_drops = {k: {n: FastLoraDropout(d.p) for n, d in v.items()} for k, v in peft_drops.items()}
+
+    def set_dropout(kind: str) -> None:
+        for m in model.modules():
+            if id(m) in peft_drops:
+                for n, d in (fast_drops if kind == "fast" else peft_drops)[id(m)].items():
+                    m.lora_dropout[n] = d
+
+    loss_module = TokenLoss(model)
+    loss_module.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=0.0)  # lr 0: every variant sees the same weights
+    stats = {n: {"seconds": 0.0, "real": 0, "padded": 0} for n in names}
+    for step in range(args.steps):
+        _, ids = step_example_ids(len(examples), args.micro_batch, 42, step)
+        for name in names if step % 2 == 0 else reversed(names):
+            v = {"batching": "ffd", "chunked": True, "dropout": "peft", **VARIANTS[name]}
+            set_dropout(v["dropout"])
+            loss_module.fast = v["chunked"] and loss_module._parts[0] is not None
+            mbs = _step_batches([examples[i] for i in ids], v["batching"], tokenizer.pad_token_id, 4096, args.max_len)
+            trained = sum(mb.trained_tokens for mb in mbs)
+            start = time.perf_counter()
+            for mb in mbs:
+                (loss_module(mb.input_ids, mb.position_ids, mb.labels) / trained).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step > 0:
+                stats[name]["seconds"] += time.perf_counter() - start
+                stats[name]["real"] += sum(mb.real_tokens for mb in mbs)
+                stats[name]["padded"] += sum(mb.padded_tokens for mb in mbs)
+    base = stats[names[0]]["real"] / stats[names[0]]["seconds"]
+    return {n: {"tokens_per_s": s["real"] / s["seconds"], "speedup_vs_" + names[0]: s["real"] / s["seconds"] / base,
+                "pad_share": 1 - s["real"] / s["padded"]} for n, s in stats.items()}
+
+
+# --- levers that need no model ------------------------------------------------------------------
+
+
+def loss_memory(n: int = 4096, hidden: int = 576, vocab: int = 49152, chunked: bool = True) -> dict:
+    """LM head + cross-entropy alone, forward + backward, on n trained positions: time and peak RSS."""
+    import torch.nn.functional as F
+
+    from tunewright.train.loss import token_loss_sum
+
+    torch.manual_seed(0)
+    h = torch.randn(n, hidden, requires_grad=True)
+    w = torch.randn(vocab, hidden) / hidden**0.5
+    t = torch.randint(0, vocab, (n,))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.perf_counter()
+    loss = token_loss_sum(h, w, t) if chunked else F.cross_entropy(F.linear(h, w).float(), t, reduction="sum")
+    loss.backward()
+    return {"chunked": chunked, "n": n, "vocab": vocab, "seconds": time.perf_counter() - start,
+            "peak_rss_growth_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before, "loss": loss.item()}
+
+
+def bf16_parity(args) -> dict:
+    """bf16 autocast vs fp32 on one short batch: loss difference and forward time (bf16 may be emulated)."""
+    torch.set_num_threads(args.threads)
+    from tunewright.models import load_model
+    from tunewright.train.batching import micro_batches
+    from tunewright.train.loop import TokenLoss
+    from tunewright.train.methods import apply_method
+
+    model_dir, tokenizer, cfg, examples = _examples(args.model, args.data, args.max_len)
+    model = apply_method(load_model(model_dir), cfg)
+    model.eval()  # no dropout: the two passes must see the same network
+    lm = TokenLoss(model)
+    mb = micro_batches(examples[:2], tokenizer.pad_token_id, 4096, True, args.max_len)[0]
+    out = {}
+    for name, ctx in (("fp32", torch.autocast("cpu", enabled=False)), ("bf16", torch.autocast("cpu", dtype=torch.bfloat16))):
+        with torch.no_grad(), ctx:
+            start = time.perf_counter()
+            loss = lm(mb.input_ids, mb.position_ids, mb.labels).item() / mb.trained_tokens
+            out[name] = {"loss": loss, "forward_seconds": time.perf_counter() - start, "tokens": mb.real_tokens}
+    out["rel_diff"] = abs(out["bf16"]["loss"] - out["fp32"]["loss"]) / out["fp32"]["loss"]
+    return out
+
+
+def optimizer_step_time(n_params: int = 4_884_480, tensors: int = 420, reps: int = 5) -> dict:
+    """AdamW step on LoRA-sized parameters: for-loop vs foreach vs fused (CPU has a fused kernel too)."""
+    out = {}
+    size = n_params // tensors
+    for mode, kw in (("for_loop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})):
+        params = [torch.nn.Parameter(torch.randn(size)) for _ in range(tensors)]
+        for p in params:
+            p.grad = torch.randn(size)
+        opt = torch.optim.AdamW(params, lr=1e-4, **kw)
+        opt.step()
+        start = time.perf_counter()
+        for _ in range(reps):
+            opt.step()
+        out[mode] = (time.perf_counter() - start) / reps
+    return out
+
+
+# --- driver -------------------------------------------------------------------------------------
+
+
+def _child(kind: str, name: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", f"{kind}:{name}", "--model", args.model, "--data", args.data,
+           "--steps", str(args.steps), "--micro-batch", str(args.micro_batch), "--max-len", str(args.max_len),
+           "--threads", str(args.threads)]
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    if proc.returncode != 0:
+        return {"variant": name, "error": proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", default=None, help=f"levers: {', '.join(list(LEVERS) + ['interleaved', 'peak', 'loss_memory', 'bf16', 'adamw'])}")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--data", default="examples/stdlib-qa/train.jsonl")
+    p.add_argument("--steps", type=int, default=4, help="optimizer steps per variant (the first is not timed)")
+    p.add_argument("--micro-batch", type=int, default=8)
+    p.add_argument("--max-len", type=int, default=512)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--timeout", type=int, default=1800)
+    p.add_argument("--out", default="benchmarks/out/levers.json")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.child:
+        kind, name = args.child.split(":", 1)
+        if kind == "variant":
+            result = run_variant(name, args)
+        elif kind == "interleaved":
+            result = interleaved(args, name.split("+"))
+        elif kind == "loss_memory":
+            result = loss_memory(chunked=name == "chunked")
+        else:
+            result = bf16_parity(args)
+        print(json.dumps(result))
+        return result
+
+    wanted = args.only.split(",") if args.only else ["interleaved", "peak", "loss_memory", "bf16", "adamw"] + list(LEVERS)
+    report: dict = {"load_before": os.getloadavg(), "settings": vars(args), "variants": {}, "levers": {}}
+    if "interleaved" in wanted:
+        names = ["default", "padded", "balanced", "fast_dropout", "balanced_fast_dropout", "full_logits"]
+        report["interleaved"] = _child("interleaved", "+".join(names), args)
+        print("interleaved", json.dumps(report["interleaved"], indent=1), file=sys.stderr)
+    if "peak" in wanted:
+        from tunewright.bench import matmul_peak
+
+        report["peaks"] = {d: matmul_peak(d, threads=args.threads) for d in ("float32", "bfloat16")}
+        print("peak", {d: round(v["flops_per_s"] / 1e9, 1) for d, v in report["peaks"].items()}, file=sys.stderr)
+    if "loss_memory" in wanted:
+        report["loss_memory"] = {k: _child("loss_memory", k, args) for k in ("chunked", "full")}
+        print("loss_memory", report["loss_memory"], file=sys.stderr)
+    if "adamw" in wanted:
+        report["adamw"] = optimizer_step_time()
+        print("adamw", report["adamw"], file=sys.stderr)
+    if "bf16" in wanted:
+        report["bf16"] = _child("bf16", "parity", args)
+        print("bf16", report["bf16"], file=sys.stderr)
+    for lever in [w for w in wanted if w in LEVERS]:
+        for name in LEVERS[lever]:
+            if name not in report["variants"]:
+                report["variants"][name] = _child("variant", name, args)
+                r = report["variants"][name]
+                print(f"{name}: {r.get('tokens_per_s', 0):.1f} tok/s, pad {r.get('pad_share', 0):.1%}, "
+                      f"peak {r.get('peak_rss_bytes', 0) / 1e9:.2f} GB {r.get('error', '')}", file=sys.stderr)
+        base = report["variants"]["default"].get("tokens_per_s")
+        report["levers"][lever] = {n: {"speedup": (report["variants"][n].get("tokens_per_s") or 0) / base if base else None,
+                                       "peak_rss_gb": (report["variants"][n].get("peak_rss_bytes") or 0) / 1e9}
+                                   for n in LEVERS[lever]}
+    report["load_after"] = os.getloadavg()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(json.dumps(report["levers"], indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
