@@ -108,3 +108,14 @@ def test_data_order_is_a_seeded_function_of_the_step():
     first_epoch = sorted(i for ids in a[:7] for i in ids)
     assert first_epoch == list(range(50))  # each example once per epoch
     assert a[7] != a[0]  # reshuffled next epoch
+
+
+def test_packed_rows_are_balanced_so_little_is_padding(tok_model):
+    tok, _ = tok_model
+    exs = _examples(tok, 40)
+    total = sum(len(e.input_ids) for e in exs)
+    row_len = max(len(e.input_ids) for e in exs) * 6  # about 7 examples per row, as on the example data
+    mbs = micro_batches(exs, tok.pad_token_id, token_budget=100_000, packing=True, row_len=row_len)
+    padded = sum(m.padded_tokens for m in mbs)
+    assert sum(m.real_tokens for m in mbs) == total
+    assert padded - total < 0.06 * padded, f"pad share {(padded - total) / padded:.0%}"

@@ -47,20 +47,34 @@ def step_example_ids(n_examples: int, batch_size: int, seed: int, step: int) -> 
 
 
 def pack_rows(examples: list[TokenizedExample], row_len: int) -> list[list[TokenizedExample]]:
-    """First-fit-decreasing bin packing of examples into rows of at most `row_len` tokens."""
-    rows: list[list[TokenizedExample]] = []
-    room: list[int] = []
-    for ex in sorted(examples, key=lambda e: len(e.input_ids), reverse=True):
-        n = len(ex.input_ids)
-        for i, free in enumerate(room):
-            if n <= free:
-                rows[i].append(ex)
-                room[i] -= n
-                break
-        else:
-            rows.append([ex])
-            room.append(row_len - n)
-    return rows
+    """Pack examples into as few rows of at most `row_len` tokens as fit, with rows of similar length.
+
+    First-fit-decreasing fills the first rows and leaves a short last one, which then pads to the
+    longest (a third of the micro-batch was padding on the example data). Instead: for k rows,
+    from ceil(total / row_len) up, put each example, longest first, into the emptiest row; take the
+    first k for which everything fits.
+    """
+    if not examples:
+        return []
+    ordered = sorted(examples, key=lambda e: len(e.input_ids), reverse=True)
+    total = sum(len(e.input_ids) for e in examples)
+    for k in range(max(1, math.ceil(total / row_len)), len(examples) + 1):
+        rows = _balanced(ordered, k, row_len)
+        if rows is not None:
+            return rows
+    return [[e] for e in ordered]
+
+
+def _balanced(ordered: list[TokenizedExample], k: int, row_len: int) -> list[list[TokenizedExample]] | None:
+    rows: list[list[TokenizedExample]] = [[] for _ in range(k)]
+    used = [0] * k
+    for ex in ordered:
+        i = min(range(k), key=used.__getitem__)
+        if used[i] + len(ex.input_ids) > row_len:
+            return None
+        rows[i].append(ex)
+        used[i] += len(ex.input_ids)
+    return [r for r in rows if r]
 
 
 def group_rows(rows: list[list[TokenizedExample]], token_budget: int) -> list[list[list[TokenizedExample]]]:
