@@ -4,13 +4,17 @@ The rules (also in the README):
 - epochs: 3 under 1,000 examples, 2 under 10,000, else 1 (small sets need repeats; big ones overfit).
 - learning_rate: 2e-4 for LoRA/DoRA/QLoRA, 1e-4 for freeze, 2e-5 for full (1e-5 above 1B parameters).
 - batch_size (examples per optimizer step): 8 under 1,000 examples, 16 under 10,000, else 32.
-- micro_batch_tokens: 4,096 on CPU, 16,384 on a GPU (a forward pass's token budget).
-- precision: bf16 on GPUs that support it, else fp32 (fp16 only when asked).
+- micro_batch_tokens: 512 on CPU (as fast as 4,096 there, a third less memory), 16,384 on a GPU.
+- precision: bf16 on GPUs that support it and on CPUs with avx512_bf16/amx_bf16; fp32 elsewhere
+  (bf16 emulated on AVX2 ran ~100x slower than fp32, see docs/performance.md).
+- threads: the CPU cores that are idle when the run starts (at least 1): an OpenMP thread that
+  has to share a core made training 4-5x slower, not 2x.
 - eval_every / save_every: about five evaluations and checkpoints per run.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -41,10 +45,35 @@ def auto_batch_size(n_examples: int) -> int:
     return 32
 
 
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run in hardware here (emulated bf16 is far slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
 def auto_precision(device: torch.device) -> str:
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
+    return "bf16" if native_bf16(device) else "fp32"
+
+
+def auto_threads() -> int:
+    cores = os.cpu_count() or 1
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:
+        busy = 0
+    return max(1, min(cores, cores - busy))
 
 
 def total_steps(cfg: RunConfig, n_examples: int) -> int:
@@ -66,7 +95,7 @@ def resolve_auto(cfg: RunConfig, n_examples: int, n_params: int, device: torch.d
     if t.batch_size == "auto":
         t.batch_size = min(auto_batch_size(n_examples), max(1, n_examples))
     if t.micro_batch_tokens == "auto":
-        t.micro_batch_tokens = 16_384 if device.type == "cuda" else 4_096
+        t.micro_batch_tokens = 16_384 if device.type == "cuda" else 512
     if t.precision == "auto":
         t.precision = auto_precision(device)
     steps = total_steps(cfg, n_examples)
@@ -75,5 +104,5 @@ def resolve_auto(cfg: RunConfig, n_examples: int, n_params: int, device: torch.d
     if t.save_every == "auto":
         t.save_every = t.eval_every
     if t.threads == "auto":
-        t.threads = torch.get_num_threads()
+        t.threads = auto_threads() if device.type == "cpu" else torch.get_num_threads()
     return cfg

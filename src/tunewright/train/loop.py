@@ -85,7 +85,10 @@ def make_optimizer(params, lr: float, weight_decay: float, device: torch.device)
 
 
 def _batches(examples: list[TokenizedExample], cfg: RunConfig, pad_id: int) -> list[MicroBatch]:
-    return micro_batches(examples, pad_id, int(cfg.train.micro_batch_tokens), cfg.data.packing, cfg.data.max_seq_len)
+    budget = int(cfg.train.micro_batch_tokens)
+    # rows as long as the budget allows (short rows keep attention cheap), never shorter than an example
+    row_len = max(min(cfg.data.max_seq_len, budget), max((len(e.input_ids) for e in examples), default=1))
+    return micro_batches(examples, pad_id, budget, cfg.data.packing, row_len)
 
 
 def evaluate_loss(loss_module, batches: list[MicroBatch], device) -> float:

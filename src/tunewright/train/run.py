@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from rich.console import Console
 
 from ..config import RunConfig, save_config
 from ..errors import UserError
 from ..models import load_model, load_tokenizer, local_model_dir
 from . import checkpoint as ckpt
-from .hparams import resolve_auto
+from .hparams import native_bf16, resolve_auto
 from .loop import run_training
 from .methods import apply_method, check_method_available, count_parameters, is_adapter_method, quantization_config
 from .summary import build_summary, plot_loss_curve, print_summary
@@ -61,7 +62,11 @@ def make_accelerator(cfg: RunConfig, run_dir: Path):
     cuda = torch.cuda.is_available()
     if precision == "fp16" and not cuda:
         raise UserError("train.precision=fp16 needs a CUDA GPU", "use bf16 or fp32 on CPU")
-    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16", "auto": "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"}[precision]
+    hardware_bf16 = native_bf16(torch.device("cuda" if cuda else "cpu"))
+    if precision == "bf16" and not hardware_bf16:
+        Console(stderr=True).print("[yellow]warning:[/] train.precision=bf16 on a processor without native bf16 "
+                                   "(no avx512_bf16/amx_bf16): emulated bf16 can be far slower than fp32")
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16", "auto": "bf16" if hardware_bf16 else "no"}[precision]
     trackers = cfg.train.report_to or None
     try:
         return Accelerator(mixed_precision=mixed, cpu=not cuda, log_with=trackers, project_dir=str(run_dir))
@@ -115,6 +120,7 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     model = load_model(model_dir, trust_remote_code=cfg.trust_remote_code, **_quant_kwargs(cfg))
     cfg = resolve_auto(cfg, len(data.train), sum(p.numel() for p in model.parameters()), accelerator.device)
+    torch.set_num_threads(int(cfg.train.threads))
     model = apply_method(model, cfg)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
