@@ -35,8 +35,14 @@ VARIANTS = {
     "fast_dropout": {"dropout": "fast"},
     "balanced_fast_dropout": {"batching": "balanced", "dropout": "fast"},
     "checkpointing": {"checkpointing": True},
+    "best": {"batching": "balanced", "dropout": "fast"},
+    "best_budget_512": {"batching": "balanced", "dropout": "fast", "budget": 512},
+    "best_budget_256": {"batching": "balanced", "dropout": "fast", "budget": 256, "row_len": 256},
+    "best_threads_1": {"batching": "balanced", "dropout": "fast", "threads": 1},
+    "best_checkpointing": {"batching": "balanced", "dropout": "fast", "checkpointing": True},
     "threads_1": {"threads": 1},
     "compile": {"compile": True},
+    "best_compile": {"batching": "balanced", "dropout": "fast", "compile": True},
     "adamw_fused": {"optimizer": "fused"},
     "adamw_foreach": {"optimizer": "foreach"},
 }
@@ -45,9 +51,10 @@ LEVERS = {
     "loss": ["default", "full_logits"],
     "dropout": ["default", "fast_dropout", "balanced_fast_dropout"],
     "checkpointing": ["default", "checkpointing"],
+    "memory": ["best", "best_budget_512", "best_budget_256", "best_checkpointing"],
     "threads": ["default", "threads_1"],
     "optimizer": ["default", "adamw_fused", "adamw_foreach"],
-    "compile": ["default", "compile"],
+    "compile": ["best", "best_compile"],
 }
 
 
@@ -157,17 +164,17 @@ def _examples(model: str, data: str, max_len: int):
 
 
 def _step_batches(examples, batching: str, pad_id: int, budget: int, max_len: int):
-    from tunewright.train.batching import collate, micro_batches
+    from tunewright.train.batching import collate, group_rows, micro_batches
 
     if batching == "balanced":
-        return [collate(balanced_rows(examples, max_len), pad_id)]
+        return [collate(g, pad_id) for g in group_rows(balanced_rows(examples, max_len), max(budget, max_len))]
     return micro_batches(examples, pad_id, budget, batching != "padded", max_len)
 
 
 def run_variant(name: str, args) -> dict:
     """Train `args.steps` optimizer steps with one variant; tokens/s over steps 2..N, peak RSS, losses."""
     v = {"batching": "ffd", "chunked": True, "dropout": "peft", "checkpointing": False, "threads": args.threads,
-         "compile": False, "optimizer": "default", **VARIANTS[name]}
+         "compile": False, "optimizer": "default", "budget": 4096, **VARIANTS[name]}
     torch.set_num_threads(v["threads"])
     torch.manual_seed(0)
     from tunewright.models import load_model
@@ -185,13 +192,15 @@ def run_variant(name: str, args) -> dict:
     loss_module = TokenLoss(model, chunked=v["chunked"])
     loss_module.train()
     forward = torch.compile(loss_module, dynamic=True) if v["compile"] else loss_module
+    setup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # imports, data, model: before any step
     params = [p for p in model.parameters() if p.requires_grad]
     opt_kwargs = {"fused": {"fused": True}, "foreach": {"foreach": True}, "default": {}}[v["optimizer"]]
     optimizer = torch.optim.AdamW(params, lr=2e-4, **opt_kwargs)
     seconds, real, padded, losses = [], [], [], []
     for step in range(args.steps):
         _, ids = step_example_ids(len(examples), args.micro_batch, 42, step)
-        mbs = _step_batches([examples[i] for i in ids], v["batching"], tokenizer.pad_token_id, 4096, args.max_len)
+        mbs = _step_batches([examples[i] for i in ids], v["batching"], tokenizer.pad_token_id, v["budget"],
+                            v.get("row_len", args.max_len))
         trained = sum(mb.trained_tokens for mb in mbs)
         start = time.perf_counter()
         total = 0.0
@@ -213,6 +222,7 @@ def run_variant(name: str, args) -> dict:
         "step_seconds": seconds,
         "pad_share": 1 - sum(real) / sum(padded),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "setup_rss_bytes": setup_rss,
         "losses": losses,
     }
 
@@ -251,6 +261,7 @@ def interleaved(args, names: list[str]) -> dict:
         for name in names if step % 2 == 0 else reversed(names):
             v = {"batching": "ffd", "chunked": True, "dropout": "peft", **VARIANTS[name]}
             set_dropout(v["dropout"])
+            torch.set_num_threads(v.get("threads", args.threads))
             loss_module.fast = v["chunked"] and loss_module._parts[0] is not None
             mbs = _step_batches([examples[i] for i in ids], v["batching"], tokenizer.pad_token_id, 4096, args.max_len)
             trained = sum(mb.trained_tokens for mb in mbs)
@@ -373,7 +384,7 @@ def main(argv: list[str] | None = None) -> dict:
     wanted = args.only.split(",") if args.only else ["interleaved", "peak", "loss_memory", "bf16", "adamw"] + list(LEVERS)
     report: dict = {"load_before": os.getloadavg(), "settings": vars(args), "variants": {}, "levers": {}}
     if "interleaved" in wanted:
-        names = ["default", "padded", "balanced", "fast_dropout", "balanced_fast_dropout", "full_logits"]
+        names = ["default", "padded", "balanced", "best", "best_threads_1", "full_logits"]
         report["interleaved"] = _child("interleaved", "+".join(names), args)
         print("interleaved", json.dumps(report["interleaved"], indent=1), file=sys.stderr)
     if "peak" in wanted:
@@ -396,8 +407,9 @@ def main(argv: list[str] | None = None) -> dict:
                 report["variants"][name] = _child("variant", name, args)
                 r = report["variants"][name]
                 print(f"{name}: {r.get('tokens_per_s', 0):.1f} tok/s, pad {r.get('pad_share', 0):.1%}, "
-                      f"peak {r.get('peak_rss_bytes', 0) / 1e9:.2f} GB {r.get('error', '')}", file=sys.stderr)
-        base = report["variants"]["default"].get("tokens_per_s")
+                      f"peak {r.get('peak_rss_bytes', 0) / 1e9:.2f} GB (before training {r.get('setup_rss_bytes', 0) / 1e9:.2f} GB)"
+                      f" {r.get('error', '')}", file=sys.stderr)
+        base = report["variants"][LEVERS[lever][0]].get("tokens_per_s")
         report["levers"][lever] = {n: {"speedup": (report["variants"][n].get("tokens_per_s") or 0) / base if base else None,
                                        "peak_rss_gb": (report["variants"][n].get("peak_rss_bytes") or 0) / 1e9}
                                    for n in LEVERS[lever]}
