@@ -30,6 +30,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="stop after this many seconds of training steps (the result says how many steps ran)")
     p.add_argument("--out", required=True, help="result JSON path")
     return p
 
@@ -90,8 +92,12 @@ class BatchCounter:
         return batch
 
 
-def step_timer():
-    """A TrainerCallback that times each optimizer step (forward, backward, clip, optimizer) and records its loss."""
+def step_timer(max_seconds: float | None = None):
+    """A TrainerCallback that times each optimizer step (forward, backward, clip, optimizer) and records its loss.
+
+    With `max_seconds`, training stops after the step that crosses it: a tool far slower than the
+    others still reports its rate over the steps it finished.
+    """
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
@@ -105,6 +111,8 @@ def step_timer():
 
         def on_step_end(self, args, state, control, **kwargs):
             self.seconds.append(time.perf_counter() - self._t0)
+            if max_seconds is not None and sum(self.seconds) >= max_seconds:
+                control.should_training_stop = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:

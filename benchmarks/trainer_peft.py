@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     collator = _common.BatchCounter(
         DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=_common.IGNORE_INDEX, return_tensors="pt"),
         tokenizer.pad_token_id)
-    timer = _common.step_timer()
+    timer = _common.step_timer(args.max_seconds)
     training_args = TrainingArguments(
         output_dir=str(Path(args.out).parent / "trainer_peft_run"),
         per_device_train_batch_size=args.micro_batch,

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [{"input_ids": e.input_ids, "completion_mask": [int(x != _common.IGNORE_INDEX) for x in e.labels]} for e in train]
     dataset = Dataset.from_list(rows)
     model = _common.load_lora_model(model_dir)
-    timer = _common.step_timer()
+    timer = _common.step_timer(args.max_seconds)
     tool = "trl_packing" if args.packing else "trl_no_packing"
     config = SFTConfig(
         output_dir=str(Path(args.out).parent / f"{tool}_run"),

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python", default=None, help="interpreter for the baselines (default: this one if trl imports, else .venv-bench)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra tunewright --set key=value")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per tool")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="baselines stop after this many seconds of training steps and report the steps they finished")
     p.add_argument("--out", default="benchmarks/out")
     p.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement (no MFU)")
     return p
@@ -338,6 +340,8 @@ def baseline_command(python: str, script: str, args, out_json: Path, validation:
         cmd += ["--validation", validation]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.max_seconds:
+        cmd += ["--max-seconds", str(args.max_seconds)]
     return cmd + extra
 
 
@@ -441,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
             if code == 0:
                 result = json.loads(out_json.read_text())
         if code != 0:
-            results[name] = {"ok": False, "reason": f"exit {code}: {_tail(log)}"}
+            why = f"killed by signal {-code}" if code < 0 else ("timed out" if code == 124 else f"exit {code}")
+            results[name] = {"ok": False, "reason": f"{why}: {_tail(log)}", "failed": True}
             print(f"bench: {name} failed (exit {code}); see {log}", file=sys.stderr)
             continue
         result["ok"] = True
@@ -474,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path, md_path = write_report(report, out_dir)
     print(render_markdown(report))
     print(f"bench: wrote {md_path} and {json_path}", file=sys.stderr)
-    failed = [n for n, r in results.items() if not r.get("ok") and r.get("reason", "").startswith("exit")]
+    failed = [n for n, r in results.items() if r.get("failed")]
     if failed:
         raise SystemExit(1)
     return 0
