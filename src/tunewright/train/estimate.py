@@ -40,6 +40,7 @@ def _shape(model_spec: str):
     config = AutoConfig.from_pretrained(folder)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()  # tied embeddings count once, as they are stored once
     total = sum(p.numel() for p in model.parameters())
     linear = [(m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
     return config, total, linear
