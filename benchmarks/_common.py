@@ -149,8 +149,12 @@ def attention_length_stats(examples) -> dict:
     return {"sum_len": sum(lengths), "sum_len_sq": sum(n * n for n in lengths), "examples": len(lengths)}
 
 
-def write_result(path: str, tool: str, timer, counter: BatchCounter, val_loss: float | None, extra: dict) -> dict:
-    """The result JSON every runner writes; step 1 (allocator and thread warm-up) is reported apart."""
+def write_result(path: str, tool: str, timer, counter: BatchCounter, val_loss: float | None, extra: dict,
+                 peak: int | None = None) -> dict:
+    """The result JSON every runner writes; step 1 (allocator and thread warm-up) is reported apart.
+
+    `peak`: the memory peak taken right after training, so the validation pass does not count.
+    """
     steps = len(timer.seconds)
     batches = counter.batches[:steps]  # the dataloader may have built one batch ahead
     real = [b["real"] for b in batches]
@@ -170,7 +174,7 @@ def write_result(path: str, tool: str, timer, counter: BatchCounter, val_loss: f
         "timed_trained_tokens": sum(b["trained"] for b in batches[timed]),
         "tokens_per_s": round(sum(real[timed]) / seconds, 2) if seconds else 0.0,
         "pad_share": round(1 - sum(real) / sum(padded), 4) if sum(padded) else 0.0,
-        "peak_memory_bytes": peak_memory_bytes(),
+        "peak_memory_bytes": peak if peak is not None else peak_memory_bytes(),
         "memory_kind": "cuda_max_allocated" if torch.cuda.is_available() else "cpu_max_rss",
         "final_train_loss": timer.losses[-1] if timer.losses else None,
         "final_eval_loss": val_loss,

@@ -53,11 +53,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator, callbacks=[timer])
     trainer.train()
+    peak = _common.peak_memory_bytes()
+    extra = {"precision": "fp32", "packing": False, "micro_batch": args.micro_batch, "max_len": args.max_len,
+             "lengths": _common.attention_length_stats(train)}
+    _common.write_result(args.out, "trainer_peft", timer, collator, None, extra, peak)  # the timing survives a killed evaluation
     val_loss = _common.token_weighted_loss(model, validation, args.micro_batch, tokenizer.pad_token_id)
-    return _common.write_result(args.out, "trainer_peft", timer, collator, val_loss, {
-        "precision": "fp32", "packing": False, "micro_batch": args.micro_batch, "max_len": args.max_len,
-        "lengths": _common.attention_length_stats(train),
-    })
+    return _common.write_result(args.out, "trainer_peft", timer, collator, val_loss, extra, peak)
 
 
 if __name__ == "__main__":

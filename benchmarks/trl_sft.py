@@ -61,11 +61,12 @@ def main(argv: list[str] | None = None) -> dict:
     counter = _common.BatchCounter(trainer.data_collator, tokenizer.pad_token_id)
     trainer.data_collator = counter
     trainer.train()
+    peak = _common.peak_memory_bytes()
+    extra = {"precision": "fp32", "packing": args.packing, "micro_batch": args.micro_batch, "max_len": args.max_len,
+             "lengths": _common.attention_length_stats(train)}
+    _common.write_result(args.out, tool, timer, counter, None, extra, peak)  # the timing survives a killed evaluation
     val_loss = _common.token_weighted_loss(model, validation, 8, tokenizer.pad_token_id)
-    return _common.write_result(args.out, tool, timer, counter, val_loss, {
-        "precision": "fp32", "packing": args.packing, "micro_batch": args.micro_batch, "max_len": args.max_len,
-        "lengths": _common.attention_length_stats(train),
-    })
+    return _common.write_result(args.out, tool, timer, counter, val_loss, extra, peak)
 
 
 if __name__ == "__main__":

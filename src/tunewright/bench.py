@@ -442,7 +442,11 @@ def main(argv: list[str] | None = None) -> int:
                 "trl_packing": ("trl_sft.py", ["--packing"], args.trl_packing_steps or packing_steps(args, lengths)),
             }[name]
             code, wall = run_logged(baseline_command(base_python, script, args, out_json, args.validation, steps, extra), log, args.timeout)
-            if code == 0:
+            if code != 0 and out_json.is_file():  # training finished, the validation pass did not
+                result = json.loads(out_json.read_text())
+                result["note"] = "stopped during the validation pass: no validation loss"
+                code = 0
+            elif code == 0:
                 result = json.loads(out_json.read_text())
         if code != 0:
             why = f"killed by signal {-code}" if code < 0 else ("timed out" if code == 124 else f"exit {code}")
