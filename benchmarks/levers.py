@@ -86,70 +86,8 @@ def balanced_rows(examples: list, row_len: int) -> list[list]:
         n_rows += 1
 
 
-def dropout_keep_mask(shape: tuple, p: float, device) -> torch.Tensor:
-    """A boolean keep-mask with P(keep) = 1 - p (to 2^-32), drawn ~3x faster than torch's CPU bernoulli_.
-
-    torch's CPU `bernoulli_` draws each element from a serial generator (~10 ns per element here);
-    numpy's PCG64 fills 32-bit lanes at ~1 ns. The PCG64 seed comes from torch's generator, so
-    `torch.manual_seed` and a checkpoint's saved torch RNG state still fix every mask.
-    """
-    if device.type != "cpu":
-        return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1 - p)
-    import numpy as np
-
-    n = math.prod(shape)
-    seed = int(torch.randint(0, 2**62, (1,)).item())
-    lanes = np.random.PCG64(seed).random_raw((n + 1) // 2).view(np.uint32)[:n]
-    return torch.from_numpy(lanes >= np.uint32(round(p * 2**32))).view(shape)
-
-
-class _DropoutMask(torch.autograd.Function):
-    """x * mask / (1 - p) saving a 1-byte boolean mask (F.dropout keeps a 4-byte float one)."""
-
-    @staticmethod
-    def forward(ctx, x, p):
-        mask = dropout_keep_mask(tuple(x.shape), p, x.device)
-        ctx.save_for_backward(mask)
-        ctx.scale = 1.0 / (1 - p)
-        return (x * mask).mul_(ctx.scale)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (mask,) = ctx.saved_tensors
-        return (grad * mask).mul_(ctx.scale), None
-
-
-class FastLoraDropout(torch.nn.Module):
-    """Drop-in for PEFT's `lora_dropout` nn.Dropout: the same Bernoulli(1 - p) masks, cheaper on CPU.
-
-    With LoRA on every linear layer there are 7 dropouts per block (210 in SmolLM2-135M), each over
-    a (tokens x 576..1536) input: torch's serial CPU RNG made them ~20% of a training step.
-    """
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x):
-        if not self.training or self.p == 0:
-            return x
-        return _DropoutMask.apply(x, self.p)
-
-
-def use_fast_lora_dropout(model) -> int:
-    """Swap every PEFT LoRA dropout for FastLoraDropout; returns how many were swapped."""
-    swapped = 0
-    for module in model.modules():
-        drops = getattr(module, "lora_dropout", None)
-        if isinstance(drops, torch.nn.ModuleDict):
-            for key, drop in list(drops.items()):
-                if isinstance(drop, torch.nn.Dropout) and drop.p > 0:
-                    drops[key] = FastLoraDropout(drop.p)
-                    swapped += 1
-    return swapped
-
-
-# --- one variant, in its own process ------------------------------------------------------------
+# the prototype moved into the loop; levers measure the same code the loop runs
+from tunewright.train.dropout import FastLoraDropout, dropout_keep_mask, use_fast_lora_dropout  # noqa: E402,F401
 
 
 def _examples(model: str, data: str, max_len: int):
