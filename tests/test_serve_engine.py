@@ -132,7 +132,7 @@ def test_nucleus_keeps_the_smallest_set_reaching_top_p():
 
 
 def test_left_pad_aligns_the_newest_tokens():
-    from tunewright.serve.kvbatch import left_pad
+    from tunewright.evaluate.generate import left_pad
 
     ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]

@@ -19,7 +19,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .kvbatch import RunningBatch, left_pad
+from ..evaluate.generate import left_pad
+from .kvbatch import RunningBatch
 from .registry import BASE_ADAPTER, ServedModel
 from .sampling import pick_tokens
 

@@ -11,19 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-def left_pad(sequences: list[list[int]], pad_id: int = 0):
-    """(ids, attention mask) tensors with each sequence right-aligned."""
-    import torch
-
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        ids[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        mask[i, width - len(seq):] = 1
-    return ids, mask
-
-
 def _layers(cache) -> list:
     layers = getattr(cache, "layers", None)
     if layers is None:
