@@ -8,7 +8,6 @@ full logits. Run it in its own process; it writes one result JSON (see _common.w
 """
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -21,7 +20,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = _common.base_parser(__doc__.splitlines()[0]).parse_args(argv)
     _common.quiet()
     _common.setup_threads(args.threads)
-    import torch
     from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
@@ -33,23 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer.pad_token_id)
     timer = _common.step_timer(args.max_seconds)
     training_args = TrainingArguments(
-        output_dir=str(Path(args.out).parent / "trainer_peft_run"),
-        per_device_train_batch_size=args.micro_batch,
-        gradient_accumulation_steps=1,
-        max_steps=args.steps,
-        learning_rate=args.lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=math.ceil(0.03 * args.steps),  # what tunewright does with warmup_ratio 0.03
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        logging_steps=1,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to=[],
-        seed=args.seed,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+        **_common.shared_training_args(args, str(Path(args.out).parent / "trainer_peft_run")),
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator, callbacks=[timer])
     trainer.train()

@@ -10,7 +10,6 @@ micro-batch are flattened into one sequence with restarted position ids. Needs `
 """
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -25,7 +24,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     _common.quiet()
     _common.setup_threads(args.threads)
-    import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -36,23 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     timer = _common.step_timer(args.max_seconds)
     tool = "trl_packing" if args.packing else "trl_no_packing"
     config = SFTConfig(
-        output_dir=str(Path(args.out).parent / f"{tool}_run"),
-        per_device_train_batch_size=args.micro_batch,
-        gradient_accumulation_steps=1,
-        max_steps=args.steps,
-        learning_rate=args.lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=math.ceil(0.03 * args.steps),  # what tunewright does with warmup_ratio 0.03
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        logging_steps=1,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to=[],
-        seed=args.seed,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+        **_common.shared_training_args(args, str(Path(args.out).parent / f"{tool}_run")),
         max_length=args.max_len,
         packing=args.packing,
         completion_only_loss=True,
