@@ -12,6 +12,7 @@ import torch
 from rich.console import Console
 
 from ..config import RunConfig, save_config
+from ..data.templates import CHATML_TEMPLATE
 from ..errors import UserError
 from ..models import load_model, load_tokenizer, local_model_dir
 from . import checkpoint as ckpt
@@ -111,7 +112,8 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
 
     model_dir = local_model_dir(cfg.model)
     tokenizer = load_tokenizer(model_dir, cfg.chat_template, cfg.trust_remote_code)
-    if cfg.chat_template is None and _template_was_added(model_dir, tokenizer):
+    # the ChatML fallback is the only template load_tokenizer adds; record it so the run can be reproduced
+    if cfg.chat_template is None and tokenizer.chat_template == CHATML_TEMPLATE:
         cfg = cfg.model_copy(update={"chat_template": tokenizer.chat_template})
     accelerator = make_accelerator(cfg, run_dir)
     with accelerator.main_process_first():  # one process tokenizes and fills the cache, the others read it
@@ -148,16 +150,6 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
     model.eval()
     return RunResult(run_dir, cfg, summary, outputs=outputs, model=model, tokenizer=tokenizer,
                      held_out=data.validation_conversations, is_main_process=accelerator.is_main_process)
-
-
-def _template_was_added(model_dir: str, tokenizer) -> bool:
-    from transformers import AutoTokenizer
-
-    try:
-        raw = AutoTokenizer.from_pretrained(model_dir)
-    except Exception:
-        return False
-    return not getattr(raw, "chat_template", None) and bool(tokenizer.chat_template)
 
 
 def _record_detected_format(cfg: RunConfig, report: dict) -> RunConfig:
