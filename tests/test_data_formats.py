@@ -248,3 +248,48 @@ def test_json_array_error_names_the_line(tmp_path):
 def test_bad_rows_are_listed_in_file_order(tmp_path):
     path, rows = _bad(tmp_path, [GOOD, _row(("user", "Q"), ("bot", "A")), "{oops", '{"instruction": "x"}'])
     assert [b.source for b in rows.bad_rows] == [f"{path}:2", f"{path}:3", f"{path}:4"]
+
+
+# --- BOMs and CSV records that span lines -------------------------------------------------------
+
+
+def test_jsonl_with_utf8_bom_reads_its_first_row(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + (GOOD + "\n" + GOOD + "\n").encode())
+    rows = load_conversations(path)
+    assert not rows.bad_rows
+    assert [c.source for c in rows.conversations] == [f"{path}:1", f"{path}:2"]
+
+
+def test_csv_bad_row_after_multiline_quoted_field_names_its_physical_line(tmp_path):
+    path = tmp_path / "multi.csv"
+    path.write_text(
+        "prompt,completion\n"                         # 1
+        'Q1,"an answer\nthat spans\nthree lines"\n'   # 2-4
+        "Q2,A2\n"                                     # 5
+        '"a prompt\non two lines",A3\n'               # 6-7
+        "Q4,\n"                                       # 8: empty completion
+        "Q5,A5\n",                                    # 9
+        encoding="utf-8",
+    )
+    rows = load_conversations(path)
+    assert [c.source for c in rows.conversations] == [f"{path}:2", f"{path}:5", f"{path}:6", f"{path}:9"]
+    assert rows.conversations[0].messages[1].content == "an answer\nthat spans\nthree lines"
+    (bad,) = rows.bad_rows
+    assert (bad.source, bad.field) == (f"{path}:8", "completion")
+
+
+def test_csv_with_bom_and_leading_zeros(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbfprompt,completion\nZip code?,007\n")
+    (conv,) = load_conversations(path).conversations
+    assert conv.messages[1].content == "007"  # cells are text: no number guessing
+
+
+def test_csv_row_with_extra_fields_is_one_bad_row(tmp_path):
+    path = tmp_path / "extra.csv"
+    path.write_text("prompt,completion\nQ1,A1\nQ2,A, with an unquoted comma\nQ3,A3\n", encoding="utf-8")
+    rows = load_conversations(path)
+    assert [c.source for c in rows.conversations] == [f"{path}:2", f"{path}:4"]
+    (bad,) = rows.bad_rows
+    assert (bad.source, bad.field) == (f"{path}:3", "csv") and "3 fields" in bad.reason and "quote" in bad.fix

@@ -2,10 +2,13 @@
 
 Every problem becomes a BadRow with a `file:line` source, so one run reports all of them at once.
 JSONL is parsed line by line (each bad line gets its own line number); JSON arrays element by element
-(the source is the element's starting line); CSV and Parquet go through the `datasets` library.
+(the source is the element's starting line); CSV record by record with the `csv` module (the source is
+the physical line a record starts on, even after quoted fields that span lines); Parquet through `datasets`.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +17,8 @@ from typing import Any
 from .conversation import BadRow
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+UTF8_BOM = b"\xef\xbb\xbf"
+CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's default (128 KiB) is smaller than a long conversation
 FIX_UTF8 = "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
 
 
@@ -88,6 +93,7 @@ def _add_row(out: FileRecords, source: str, row: Any) -> None:
 
 
 def _read_jsonl(path: Path, data: bytes, out: FileRecords) -> None:
+    data = data.removeprefix(UTF8_BOM)  # editors on Windows write one; it is not part of the first row
     for lineno, raw in enumerate(data.split(b"\n"), 1):
         if not raw.strip():
             continue
@@ -169,33 +175,76 @@ def _read_json_array(path: Path, text: str, pos: int, out: FileRecords) -> None:
 
 
 def _read_csv(path: Path, data: bytes, out: FileRecords) -> None:
-    """CSV through `datasets`; physical lines that are not UTF-8 are reported and their rows skipped."""
-    bad_lines = set()
+    """CSV with the standard `csv` module, so each record's source is the physical line it starts on.
+
+    A quoted field may span lines; a record with more fields than the header, a broken quote or bytes
+    that are not UTF-8 make that record a bad row and the rest of the file is still read.
+    """
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    bad_lines = _undecodable_lines(data)
+    text = data.decode("utf-8-sig", errors="replace")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] | None = None
+    first = 1
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            out.rows += 1
+            out.bad_rows.append(BadRow(f"{path}:{first}", "csv", f"cannot parse this record ({e})", "quote the field with \"...\" and double any \" inside it"))
+            first = reader.line_num + 1
+            continue
+        start, first = first, reader.line_num + 1
+        if not cells:
+            continue  # a blank line
+        if header is None:
+            header = cells
+            _report_header_encoding(path, bad_lines, start, reader.line_num, out)
+            continue
+        _add_csv_record(out, path, header, cells, start, _first_bad_line(bad_lines, start, reader.line_num))
+
+
+def _undecodable_lines(data: bytes) -> dict[int, str]:
+    """Physical line -> why it is not UTF-8 (byte and column), for every line that is not."""
+    bad = {}
     for lineno, raw in enumerate(data.split(b"\n"), 1):
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            bad_lines.add(lineno)
-            out.bad_rows.append(BadRow(f"{path}:{lineno}", "encoding", f"not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})", FIX_UTF8))
-    try:
-        rows = _datasets_rows("csv", path, encoding_errors="replace" if bad_lines else "strict")
-    except Exception as e:  # pandas/pyarrow parse errors: the file as a whole is unreadable
-        out.bad_rows.append(BadRow(f"{path}:0", "csv", f"cannot parse CSV ({_short(e)})", "check quoting and the header row"))
-        return
-    out.rows += len(bad_lines)
-    for i, row in enumerate(rows):
-        lineno = i + 2  # line 1 is the header (assumes no multi-line quoted fields)
-        if lineno in bad_lines:
-            continue
-        _add_row(out, f"{path}:{lineno}", {k: _csv_value(v) for k, v in row.items() if k is not None})
+            bad[lineno] = f"byte {raw[e.start]:#04x} at column {e.start + 1}"
+    return bad
+
+
+def _first_bad_line(bad_lines: dict[int, str], start: int, end: int) -> tuple[int, str] | None:
+    return next(((n, bad_lines[n]) for n in range(start, end + 1) if n in bad_lines), None)
+
+
+def _report_header_encoding(path: Path, bad_lines: dict[int, str], start: int, end: int, out: FileRecords) -> None:
+    bad = _first_bad_line(bad_lines, start, end)
+    if bad:
+        out.bad_rows.append(BadRow(f"{path}:{start}", "encoding", f"header is not UTF-8 ({bad[1]} on line {bad[0]})", FIX_UTF8))
+
+
+def _add_csv_record(out: FileRecords, path: Path, header: list[str], cells: list[str], start: int, bad: tuple[int, str] | None) -> None:
+    source = f"{path}:{start}"
+    if bad is not None:
+        out.rows += 1
+        where = bad[1] if bad[0] == start else f"{bad[1]} on line {bad[0]}"
+        out.bad_rows.append(BadRow(source, "encoding", f"not UTF-8 ({where})", FIX_UTF8))
+    elif len(cells) > len(header):
+        out.rows += 1
+        out.bad_rows.append(BadRow(source, "csv", f"{len(cells)} fields where the header has {len(header)}",
+                                   "quote fields that contain commas (\"a, b\"), or add the missing column to the header"))
+    else:
+        _add_row(out, source, {k: _csv_value(v) for k, v in zip(header, cells)})
 
 
 def _csv_value(v: Any) -> Any:
-    """CSV cells are text: undo pandas' number guessing, and read JSON-looking cells (messages columns)."""
-    if v is None or isinstance(v, float) and v != v:
+    """CSV cells stay text (an empty cell is a missing value); JSON-looking cells (messages columns) are parsed."""
+    if v is None or v == "":
         return None
-    if not isinstance(v, str):
-        return str(v)
     stripped = v.strip()
     if stripped[:1] in "[{" and stripped[-1:] in "]}":
         try:
