@@ -11,7 +11,7 @@ from tunewright.config import EvalConfig
 from tunewright.data import load_conversations
 from tunewright.errors import UserError
 from tunewright.evaluate import evaluate, evaluate_after_training
-from tunewright.evaluate.generate import SamplingSettings, decode_answer, generate_answers, generation_config
+from tunewright.evaluate.generate import SamplingSettings, decode_answer, generate_answers, generation_config, left_pad
 from tunewright.evaluate.metrics import METRICS
 from tunewright.evaluate.results import SideResult, changed_most, to_json_safe
 
@@ -108,18 +108,26 @@ def test_reference_loss_matches_transformers_on_assistant_tokens(eval_base_dir, 
     assert plain_base_results["examples"][2]["scores"]["tuned"]["loss"] == pytest.approx(hf_loss, rel=1e-5)
 
 
-def test_batched_generation_matches_one_at_a_time(eval_base_dir):  # noqa: F811
+def test_batched_generation_matches_one_at_a_time(adapter_run):  # noqa: F811
     from tunewright.models import load_for_inference
 
-    loaded = load_for_inference(str(eval_base_dir))
+    loaded = load_for_inference(str(adapter_run))  # the random base answers nothing; the adapter answers 10 tokens each
     prompts = [[{"role": "user", "content": "hello"}],
                [{"role": "system", "content": "Answer in one long careful sentence about the weather."}, {"role": "user", "content": "What is 7 plus 7?"}],
                [{"role": "user", "content": "the quick brown fox jumps over the lazy dog"}],
                [{"role": "user", "content": "What is 12 plus 12?"}]]
+    loaded.tokenizer.padding_side = "right"  # left padding is ours, whatever the tokenizer says
     one = generate_answers(loaded.model, loaded.tokenizer, prompts, SamplingSettings(max_new_tokens=10, batch_size=1))
     batched = generate_answers(loaded.model, loaded.tokenizer, prompts, SamplingSettings(max_new_tokens=10, batch_size=4))
     assert [a.text for a in batched] == [a.text for a in one]
-    assert loaded.tokenizer.padding_side or True  # left padding is ours, whatever the tokenizer says
+    assert all(a.text for a in one)  # real answers: right padding would change them
+    assert loaded.tokenizer.padding_side == "right"  # the caller's tokenizer is left as it was
+
+
+def test_left_pad_pads_on_the_left_and_masks_the_padding():
+    input_ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert input_ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
 def test_sampling_is_seeded(eval_base_dir):  # noqa: F811
