@@ -9,14 +9,14 @@ training loop as it stands; every other variant changes one thing.
     python benchmarks/levers.py --out benchmarks/out/levers.json            # all levers
     python benchmarks/levers.py --only packing,dropout --steps 4
 
-Prototypes of levers that the loop does not have yet live here too (`balanced_rows`,
-`FastLoraDropout`), so they can be measured before they move into `tunewright.train`.
+Both prototypes that were measured here (balanced packing rows, `FastLoraDropout`) now live in
+`tunewright.train`, and the levers measure that shipped code: `balanced` is the loop's own packing
+(so it matches `default`), kept as a name so older result files still compare.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 
 import torch
+
+from tunewright.train.batching import micro_batches
+from tunewright.train.dropout import FastLoraDropout, dropout_keep_mask, use_fast_lora_dropout  # noqa: F401
 
 VARIANTS = {
     # name: what changes relative to "default" (the loop as it stands)
@@ -58,38 +61,6 @@ LEVERS = {
 }
 
 
-# --- lever prototypes ---------------------------------------------------------------------------
-
-
-def balanced_rows(examples: list, row_len: int) -> list[list]:
-    """Pack into as few rows as the tokens need, balancing their lengths (longest example to the emptiest row).
-
-    First-fit into rows of exactly `row_len` leaves the last row mostly padding when a step holds
-    little more than one row of tokens (8 short examples: one full row + one of 100 tokens, padded
-    to 512); balanced rows of about total/n each pad almost nothing and keep rows short (attention
-    is quadratic in the row length).
-    """
-    total = sum(len(e.input_ids) for e in examples)
-    n_rows = max(1, math.ceil(total / row_len))
-    ordered = sorted(examples, key=lambda e: len(e.input_ids), reverse=True)
-    while True:
-        rows: list[list] = [[] for _ in range(n_rows)]
-        loads = [0] * n_rows
-        for ex in ordered:
-            i = min(range(n_rows), key=loads.__getitem__)
-            if loads[i] + len(ex.input_ids) > row_len:
-                break
-            rows[i].append(ex)
-            loads[i] += len(ex.input_ids)
-        else:
-            return [r for r in rows if r]
-        n_rows += 1
-
-
-# the prototype moved into the loop; levers measure the same code the loop runs
-from tunewright.train.dropout import FastLoraDropout, dropout_keep_mask, use_fast_lora_dropout  # noqa: E402,F401
-
-
 def _examples(model: str, data: str, max_len: int):
     from tunewright.config import load_config
     from tunewright.data import prepare_data
@@ -102,16 +73,13 @@ def _examples(model: str, data: str, max_len: int):
 
 
 def _step_batches(examples, batching: str, pad_id: int, budget: int, max_len: int):
-    from tunewright.train.batching import collate, group_rows, micro_batches
-
-    if batching == "balanced":
-        return [collate(g, pad_id) for g in group_rows(balanced_rows(examples, max_len), max(budget, max_len))]
+    """One step's micro-batches from the loop's own `micro_batches`: packed (balanced rows) or one example per row."""
     return micro_batches(examples, pad_id, budget, batching != "padded", max_len)
 
 
 def run_variant(name: str, args) -> dict:
     """Train `args.steps` optimizer steps with one variant; tokens/s over steps 2..N, peak RSS, losses."""
-    v = {"batching": "ffd", "chunked": True, "dropout": "peft", "checkpointing": False, "threads": args.threads,
+    v = {"batching": "balanced", "chunked": True, "dropout": "peft", "checkpointing": False, "threads": args.threads,
          "compile": False, "optimizer": "default", "budget": 4096, **VARIANTS[name]}
     torch.set_num_threads(v["threads"])
     torch.manual_seed(0)
@@ -197,7 +165,7 @@ def interleaved(args, names: list[str]) -> dict:
     for step in range(args.steps):
         _, ids = step_example_ids(len(examples), args.micro_batch, 42, step)
         for name in names if step % 2 == 0 else reversed(names):
-            v = {"batching": "ffd", "chunked": True, "dropout": "peft", **VARIANTS[name]}
+            v = {"batching": "balanced", "chunked": True, "dropout": "peft", **VARIANTS[name]}
             set_dropout(v["dropout"])
             torch.set_num_threads(v.get("threads", args.threads))
             loss_module.fast = v["chunked"] and loss_module._parts[0] is not None
