@@ -106,3 +106,18 @@ def test_train_with_bad_rows_exits_2_before_writing(tmp_path, tiny_model_dir):
     assert result.exit_code == 2, result.output
     assert f"{path}:2: messages[1].role: unknown role '[/x]'" in result.output and "on_bad_rows: skip" in result.output
     assert not run.exists()
+
+
+def test_roles_out_of_order_and_the_opt_in(tmp_path, tiny_model_dir, chat_rows):
+    path = write_jsonl(tmp_path / "t.jsonl", chat_rows[:2] + [
+        {"messages": [{"role": "assistant", "content": "Ask me."}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}])
+    args = ["data", "check", str(path), "--model", str(tiny_model_dir)]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2, refused.output
+    assert f"{path}:3: messages[0].role: conversation starts with an assistant turn" in refused.output
+    assert "allow_any_role_order" in refused.output  # the fix names the opt-in
+    allowed = CliRunner().invoke(app, args + ["--allow-any-role-order", "--json"])
+    assert allowed.exit_code == 0, allowed.output  # the tiny model's ChatML template renders it
+    report = json.loads(allowed.stdout)
+    assert report["rows"] == 3 and report["bad_row_count"] == 0 and report["role_order_allowed"] == 1
+    assert any("out of order" in w for w in report["guidance"]["warnings"])

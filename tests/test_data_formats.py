@@ -293,3 +293,51 @@ def test_csv_row_with_extra_fields_is_one_bad_row(tmp_path):
     assert [c.source for c in rows.conversations] == [f"{path}:2", f"{path}:4"]
     (bad,) = rows.bad_rows
     assert (bad.source, bad.field) == (f"{path}:3", "csv") and "3 fields" in bad.reason and "quote" in bad.fix
+
+
+# --- role order: an optional system message first, then user/assistant alternating ---------------
+
+ORDER_FIX = "allow_any_role_order"
+
+
+@pytest.mark.parametrize("turns, field, reason", [
+    ([("assistant", "Hi"), ("user", "Q"), ("assistant", "A")], "messages[0].role", "starts with an assistant turn"),
+    ([("user", "Q"), ("system", "S"), ("assistant", "A")], "messages[1].role", "system message after the first turn"),
+    ([("system", "S"), ("assistant", "Hi"), ("user", "Q"), ("assistant", "A")], "messages[1].role", "system message is followed by an assistant turn"),
+    ([("user", "Q"), ("user", "Q2"), ("assistant", "A")], "messages[1].role", "two user turns in a row"),
+    ([("user", "Q"), ("assistant", "A"), ("assistant", "A2")], "messages[2].role", "two assistant turns in a row"),
+])
+def test_roles_out_of_order_are_bad_rows(tmp_path, turns, field, reason):
+    path, rows = _bad(tmp_path, [GOOD, _row(*turns), GOOD])
+    (bad,) = rows.bad_rows
+    assert (bad.source, bad.field) == (f"{path}:2", field)
+    assert reason in bad.reason and ORDER_FIX in bad.fix
+    assert len(rows.conversations) == 2 and rows.rows_per_file[str(path)] == 3
+
+
+def test_role_order_in_sharegpt_names_its_own_fields(tmp_path):
+    rows = [
+        {"conversations": [{"from": "gpt", "value": "Hi"}, {"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},
+        {"system": "S", "conversations": [{"from": "system", "value": "S2"}, {"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},
+        SHAREGPT[0],
+    ]
+    path = write_jsonl(tmp_path / "s.jsonl", rows)
+    loaded = load_conversations(path)
+    assert [(b.source, b.field) for b in loaded.bad_rows] == [(f"{path}:1", "conversations[0].from"), (f"{path}:2", "conversations[0].from")]
+    assert "starts with an assistant turn" in loaded.bad_rows[0].reason and "system message after the first turn" in loaded.bad_rows[1].reason
+    assert len(loaded.conversations) == 1
+
+
+def test_valid_multi_turn_orders_are_unaffected(tmp_path):
+    rows = [MESSAGES[0],
+            {"messages": [{"role": r, "content": c} for r, c in [("user", "Q"), ("assistant", "A"), ("user", "Q2"), ("assistant", "A2")]]},
+            {"messages": [{"role": "developer", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}]
+    loaded = load_conversations(write_jsonl(tmp_path / "m.jsonl", rows))
+    assert not loaded.bad_rows and len(loaded.conversations) == 3
+
+
+def test_role_order_bad_rows_mix_with_others_in_line_order(tmp_path):
+    out_of_order = _row(("assistant", "Hi"), ("user", "Q"), ("assistant", "A"))
+    path, rows = _bad(tmp_path, [out_of_order, "{oops", GOOD, out_of_order])
+    assert [(b.source, b.field) for b in rows.bad_rows] == [
+        (f"{path}:1", "messages[0].role"), (f"{path}:2", "json"), (f"{path}:4", "messages[0].role")]

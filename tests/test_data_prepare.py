@@ -150,3 +150,71 @@ def test_cache_key_depends_on_the_tokenizer(tmp_path, tok, chat_rows):
 def test_text_format_trains_every_token(tmp_path, tok):
     data = prepare_data(cfg(write_jsonl(tmp_path / "t.jsonl", [{"text": "hello world"}] * 2)), tok)
     assert data.report["trained_token_share"] == 1.0
+
+
+# --- role order: the opt-in keeps only what the model's chat template renders -------------------
+
+# a Mistral/Llama-2 style template: it refuses anything but user/assistant alternating, as many real ones do
+STRICT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' and loop.first %}{{ '<|im_start|>system\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% else %}{% if (message['role'] == 'user') != ((loop.index0 - (1 if messages[0]['role'] == 'system' else 0)) % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+OUT_OF_ORDER = [
+    [("assistant", "Hello, ask me."), ("user", "What is 2 plus 2?"), ("assistant", "4")],
+    [("user", "What is 2 plus 2?"), ("system", "Be brief."), ("assistant", "4")],
+    [("system", "Be brief."), ("assistant", "Hello."), ("user", "What is 2 plus 2?"), ("assistant", "4")],
+]
+
+
+@pytest.fixture(scope="module")
+def strict_tok():
+    tok = build_tokenizer("chatml")
+    tok.chat_template = STRICT_TEMPLATE
+    return tok
+
+
+def order_rows(chat_rows) -> list[dict]:
+    odd = [{"messages": [{"role": r, "content": c} for r, c in turns]} for turns in OUT_OF_ORDER]
+    return chat_rows[:2] + odd + chat_rows[2:4]  # the out-of-order rows are lines 3, 4 and 5
+
+
+def test_roles_out_of_order_fail_by_default(tmp_path, tok, chat_rows):
+    path = write_jsonl(tmp_path / "t.jsonl", order_rows(chat_rows))
+    with pytest.raises(UserError) as e:
+        prepare_data(cfg(path), tok)  # ChatML would render them: still refused without the opt-in
+    msg = e.value.message
+    assert "3 bad rows" in msg
+    assert msg.index(f"{path}:3: messages[0].role: conversation starts with an assistant turn") < msg.index(f"{path}:4: messages[1].role: system message") \
+        < msg.index(f"{path}:5: messages[1].role: the system message is followed by an assistant turn")
+
+
+def test_opt_in_keeps_rows_the_template_renders(tmp_path, tok, chat_rows):
+    path = write_jsonl(tmp_path / "t.jsonl", order_rows(chat_rows))
+    data = prepare_data(cfg(path, allow_any_role_order=True), tok)
+    assert len(data.train) == 7 and data.report["bad_row_count"] == 0 and data.report["role_order_allowed"] == 3
+    first_odd = next(e for e in data.train if templates.render(tok, [{"role": "assistant", "content": "Hello, ask me."}]).strip() in tok.decode(e.input_ids))
+    assert "4" in tok.decode([t for t in first_odd.labels if t != -100])  # its answers are trained as usual
+
+
+def test_opt_in_still_refuses_rows_the_template_raises_on(tmp_path, strict_tok, chat_rows):
+    path = write_jsonl(tmp_path / "t.jsonl", order_rows(chat_rows))
+    with pytest.raises(UserError) as e:
+        prepare_data(cfg(path, allow_any_role_order=True), strict_tok)
+    msg = e.value.message
+    assert "3 bad rows" in msg and msg.count("Conversation roles must alternate") == 3
+    assert f"{path}:3: messages[0].role: conversation starts with an assistant turn, not a user turn; the model's chat template rejects it (TemplateError" in msg
+    data = prepare_data(cfg(path, allow_any_role_order=True, on_bad_rows="skip"), strict_tok)
+    assert len(data.train) == 4 and data.report["skipped_rows"] == 3 and data.report["role_order_allowed"] == 0
+    assert [b["source"] for b in data.report["bad_rows"]] == [f"{path}:3", f"{path}:4", f"{path}:5"]
+    assert "allow_any_role_order" not in data.report["bad_rows"][0]["fix"]  # the opt-in is on already
+
+
+def test_valid_multi_turn_data_passes_the_strict_template(tmp_path, strict_tok):
+    rows = [{"messages": [{"role": r, "content": c} for r, c in
+                          [("system", "Be brief."), ("user", f"What is {i} plus {i}?"), ("assistant", f"{2 * i}"), ("user", "And twice that?"), ("assistant", f"{4 * i}")]]}
+            for i in range(5)]
+    data = prepare_data(cfg(write_jsonl(tmp_path / "t.jsonl", rows)), strict_tok)
+    assert len(data.train) == 5 and data.report["bad_row_count"] == 0

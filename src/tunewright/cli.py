@@ -47,11 +47,12 @@ def data_check(
     fmt: str = typer.Option("auto", "--format", help="auto | alpaca | messages | sharegpt | completion | text"),
     validation: Optional[str] = typer.Option(None, "--validation", help="A validation file to check for overlap with the training data."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    allow_any_role_order: bool = typer.Option(False, "--allow-any-role-order", help="Keep chats with roles out of order when the model's chat template renders them."),
 ):
     """Validate data files and report sizes, token lengths, duplicates and dataset-size guidance."""
     from .data.check import check_data, print_check_report
 
-    report = check_data(data, model=model, max_seq_len=max_seq_len, fmt=fmt, validation=validation)
+    report = check_data(data, model=model, max_seq_len=max_seq_len, fmt=fmt, validation=validation, allow_any_role_order=allow_any_role_order)
     if as_json:
         import json
 

@@ -31,6 +31,7 @@ class DataConfig(_Section):
     max_seq_len: int = Field(1024, ge=8)
     packing: bool = True
     on_bad_rows: Literal["fail", "skip"] = "fail"
+    allow_any_role_order: bool = False  # keep chats with roles out of order when the model's template renders them
     train_on: Literal["assistant", "all"] = "assistant"
     seed: int = 42
 

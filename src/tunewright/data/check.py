@@ -32,13 +32,15 @@ RECENCY_SHARE_WARN = 0.10
 DUPLICATE_SHARE_WARN = 0.05
 
 
-def check_data(paths, model: str | None = None, max_seq_len: int = 1024, fmt: str = "auto", validation=None) -> dict:
+def check_data(paths, model: str | None = None, max_seq_len: int = 1024, fmt: str = "auto", validation=None,
+               allow_any_role_order: bool = False) -> dict:
     """Validate and measure data files; the report says what training would see (JSON-serialisable)."""
     start = time.perf_counter()
-    train = load_conversations(paths, fmt)
-    val = load_conversations(validation, fmt) if validation else LoadedRows()
     model = model or _default_model()
     tokenizer = _load_tokenizer(model)
+    order = {"any_role_order": allow_any_role_order, "tokenizer": tokenizer}
+    train = load_conversations(paths, fmt, **order)
+    val = load_conversations(validation, fmt, **order) if validation else LoadedRows()
     measured = measure(train.conversations, tokenizer, max_seq_len)
     bad = train.bad_rows + val.bad_rows
     report = {
@@ -50,6 +52,7 @@ def check_data(paths, model: str | None = None, max_seq_len: int = 1024, fmt: st
         "validation_rows": len(val.conversations),
         "bad_rows": bad_rows_json(bad),
         "bad_row_count": len(bad),
+        "role_order_allowed": train.role_order_allowed + val.role_order_allowed,
         **measured,
         "duplicates": duplicate_counts(train.conversations),
         "train_validation_overlap": overlap_count(train.conversations, val.conversations) if validation else None,
@@ -135,6 +138,9 @@ def guidance(report: dict) -> dict:
         warnings.append(f"{report['truncated']} examples are longer than {report['max_seq_len']} tokens and would be truncated: raise data.max_seq_len or shorten them")
     if report["dropped"]:
         warnings.append(f"{report['dropped']} examples would have no trained tokens left and would be dropped")
+    if report.get("role_order_allowed"):
+        warnings.append(f"{report['role_order_allowed']} chats have their roles out of order (kept by allow_any_role_order: "
+                        "the chat template renders them, but check that is what the model should learn)")
     overlap = report.get("train_validation_overlap")
     if overlap and overlap["count"]:
         warnings.append(f"{overlap['count']} validation examples share their prompt with a training example: evaluation scores will be inflated")

@@ -60,3 +60,4 @@ class LoadedRows:
     bad_rows: list[BadRow] = field(default_factory=list)
     formats: dict[str, str] = field(default_factory=dict)  # file -> detected format
     rows_per_file: dict[str, int] = field(default_factory=dict)
+    role_order_allowed: int = 0  # chats kept with roles out of order (data.allow_any_role_order; the template renders them)

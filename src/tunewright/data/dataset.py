@@ -58,7 +58,7 @@ class TokenizedSplit:
 def prepare_data(cfg: RunConfig, tokenizer) -> PreparedData:
     """Load, validate, split, tokenize (cached) and report the training data of a run."""
     data = cfg.data
-    train_rows, val_rows = load_rows(data)
+    train_rows, val_rows = load_rows(data, tokenizer)
     everything = tokenize_cached(train_rows.conversations, tokenizer, data)
     if data.validation:
         train, val, val_source = everything, tokenize_cached(val_rows.conversations, tokenizer, data), "file"
@@ -79,12 +79,16 @@ def prepare_data(cfg: RunConfig, tokenizer) -> PreparedData:
     return PreparedData(train.kept(), val.kept(), val.conversations, report)
 
 
-def load_rows(data: DataConfig) -> tuple[LoadedRows, LoadedRows]:
-    """Training and validation rows, with the bad-row policy applied: fail lists them all in one error."""
+def load_rows(data: DataConfig, tokenizer) -> tuple[LoadedRows, LoadedRows]:
+    """Training and validation rows, with the bad-row policy applied: fail lists them all in one error.
+
+    The tokenizer's chat template decides which chats with roles out of order data.allow_any_role_order keeps.
+    """
     if not data.train:
         raise UserError("no training data given", "set data.train in the config, or pass --data PATH")
-    train_rows = load_conversations(data.train, data.format)
-    val_rows = load_conversations(data.validation, data.format) if data.validation else LoadedRows()
+    order = {"any_role_order": data.allow_any_role_order, "tokenizer": tokenizer}
+    train_rows = load_conversations(data.train, data.format, **order)
+    val_rows = load_conversations(data.validation, data.format, **order) if data.validation else LoadedRows()
     bad = train_rows.bad_rows + val_rows.bad_rows
     if bad and data.on_bad_rows == "fail":
         raise bad_rows_error(bad)
@@ -227,6 +231,7 @@ def build_report(data: DataConfig, train_rows: LoadedRows, val_rows: LoadedRows,
         "bad_row_count": len(bad),
         "skipped_rows": len(bad),  # reaching here with bad rows means on_bad_rows: skip
         "on_bad_rows": data.on_bad_rows,
+        "role_order_allowed": train_rows.role_order_allowed + val_rows.role_order_allowed,
         "validation_source": val_source,
         "validation_split": data.validation_split if val_source == "split" else None,
         "seed": data.seed,

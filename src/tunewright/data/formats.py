@@ -26,6 +26,17 @@ class RowError(Exception):
         super().__init__(reason)
         self.field, self.reason, self.fix = field, reason, fix
 
+    def bad_row(self, source: str) -> BadRow:
+        return BadRow(source, self.field, self.reason, self.fix)
+
+
+class RoleOrderError(RowError):
+    """A chat that is valid except for the order of its roles; it carries the conversation for the opt-in."""
+
+    def __init__(self, field: str, reason: str, conversation: Conversation):
+        super().__init__(field, reason, ROLE_ORDER_FIX)
+        self.conversation = conversation
+
 
 def format_of_row(row: dict) -> str | None:
     """The format a single row's keys say it is in, or None."""
@@ -56,19 +67,62 @@ def undetected_row(path: str, records: list[Record]) -> BadRow:
     )
 
 
-def to_conversations(records: list[Record], fmt: str) -> tuple[list[Conversation], list[BadRow]]:
-    """Convert every record with the file's format; rows that do not fit become BadRows."""
+def to_conversations(records: list[Record], fmt: str, any_role_order: bool = False) -> tuple[list[Conversation], list[BadRow], list[BadRow]]:
+    """Convert every record with the file's format; rows that do not fit become BadRows.
+
+    With `any_role_order`, chats whose only fault is their role order are kept, and their would-be
+    BadRows come back third: the caller keeps them only if the chat template renders those rows.
+    """
     convert = CONVERTERS[fmt]
-    good, bad = [], []
+    good, bad, unusual = [], [], []
     for rec in records:
         try:
             good.append(convert(rec.row, rec.source))
+        except RoleOrderError as e:
+            if any_role_order:
+                good.append(e.conversation)
+                unusual.append(e.bad_row(rec.source))
+            else:
+                bad.append(e.bad_row(rec.source))
         except RowError as e:
-            bad.append(BadRow(rec.source, e.field, e.reason, e.fix))
-    return good, bad
+            bad.append(e.bad_row(rec.source))
+    return good, bad, unusual
 
 
 EMPTY_REPLY_FIX = "write the answer the model should give, or drop the row"
+ROLE_ORDER_RULE = "order the turns as an optional system message first, then user and assistant turns alternating, starting with user"
+ROLE_ORDER_FIX = f"{ROLE_ORDER_RULE} (or set data.allow_any_role_order: true if the model's chat template renders this order)"
+
+
+def role_order_problem(roles: list[str]) -> tuple[int, str] | None:
+    """Where a chat leaves the order every chat template accepts, and why; None when it keeps to it.
+
+    The order: an optional system message at position 0, then user and assistant turns alternating,
+    starting with user. Many templates (Llama 2, Mistral, Gemma) raise on anything else; others render
+    it into a prompt the model never saw.
+    """
+    start = 1 if roles and roles[0] == "system" else 0
+    for i in range(start, len(roles)):
+        role, expected = roles[i], ("user" if (i - start) % 2 == 0 else "assistant")
+        if role == expected:
+            continue
+        if role == "system":
+            return i, "system message after the first turn (only the first message may be a system message)"
+        if i == 0:
+            return i, f"conversation starts with an {role} turn, not a user turn"
+        if i == start:
+            return i, f"the system message is followed by an {role} turn, not a user turn"
+        return i, f"two {role} turns in a row (user and assistant turns must alternate)"
+    return None
+
+
+def check_role_order(conv: Conversation, key: str, role_attr: str, offset: int = 0) -> Conversation:
+    """The conversation, or a RoleOrderError naming the first turn out of order (fields as in check_turns)."""
+    problem = role_order_problem([m.role for m in conv.messages])
+    if problem is None:
+        return conv
+    i, reason = problem
+    raise RoleOrderError(f"{key}[{i - offset}].{role_attr}", reason, conv)
 
 
 def check_turns(msgs: list[Message], key: str, role_attr: str, content_attr: str, offset: int = 0) -> None:
@@ -171,7 +225,7 @@ def _messages(row: dict, source: str) -> Conversation:
             weight = None  # OpenAI: weight only applies to assistant messages
         msgs.append(Message(role, _content(m.get("content"), f"messages[{i}].content"), weight))
     check_turns(msgs, "messages", "role", "content")
-    return Conversation(tuple(msgs), source=source)
+    return check_role_order(Conversation(tuple(msgs), source=source), "messages", "role")
 
 
 def _sharegpt(row: dict, source: str) -> Conversation:
@@ -185,8 +239,9 @@ def _sharegpt(row: dict, source: str) -> Conversation:
             raise RowError(f"conversations[{i}]", f"expected an object, got {type(m).__name__}", "write each turn as {\"from\": ..., \"value\": ...}")
         role = _role(m.get("from"), SHAREGPT_ROLES, f"conversations[{i}].from")
         msgs.append(Message(role, _content(m.get("value"), f"conversations[{i}].value")))
-    check_turns(msgs, "conversations", "from", "value", offset=1 if system_added else 0)
-    return Conversation(tuple(msgs), source=source)
+    offset = 1 if system_added else 0
+    check_turns(msgs, "conversations", "from", "value", offset=offset)
+    return check_role_order(Conversation(tuple(msgs), source=source), "conversations", "from", offset=offset)
 
 
 def _role(value: Any, roles: dict[str, str], field: str) -> str:
@@ -207,10 +262,16 @@ CONVERTERS: dict[str, Callable[[dict, str], Conversation]] = {
 }
 
 
-def load_conversations(paths: str | Path | list, fmt: str = "auto") -> LoadedRows:
-    """Read files, lists of files or folders into Conversations, collecting (never raising for) bad rows."""
+def load_conversations(paths: str | Path | list, fmt: str = "auto", *, any_role_order: bool = False, tokenizer=None) -> LoadedRows:
+    """Read files, lists of files or folders into Conversations, collecting (never raising for) bad rows.
+
+    `any_role_order` (data.allow_any_role_order) keeps chats with roles out of order only when
+    `tokenizer`'s chat template renders them; the rest stay bad rows that name the template's error.
+    """
     if fmt not in ("auto", *FORMATS):
         raise UserError(f"data format '{fmt}' is not known", f"use auto or one of: {', '.join(FORMATS)}")
+    if any_role_order and tokenizer is None:
+        raise ValueError("any_role_order needs the tokenizer whose chat template must render those rows")
     files, bad = expand_paths(paths)
     loaded = LoadedRows(bad_rows=bad)
     for path in files:
@@ -222,11 +283,34 @@ def load_conversations(paths: str | Path | list, fmt: str = "auto") -> LoadedRow
         if read.records and file_fmt is None:
             bad.append(undetected_row(read.path, read.records))
         elif read.records:
-            good, bad_rows = to_conversations(read.records, file_fmt)
-            loaded.conversations.extend(good)
-            bad.extend(bad_rows)
+            good, bad_rows, unusual = to_conversations(read.records, file_fmt, any_role_order)
+            rejected = unrendered_rows(good, unusual, tokenizer) if unusual else []
+            dropped = {b.source for b in rejected}
+            loaded.conversations.extend(c for c in good if c.source not in dropped)
+            loaded.role_order_allowed += len(unusual) - len(rejected)
+            bad.extend(bad_rows + rejected)
         loaded.bad_rows.extend(sorted(bad, key=lambda b: _position(b.source)))
     return loaded
+
+
+def unrendered_rows(convs: list[Conversation], unusual: list[BadRow], tokenizer) -> list[BadRow]:
+    """The out-of-order rows the chat template fails on (rendering each prefix as training does), as BadRows."""
+    from .templates import tokenize_conversation
+
+    by_source = {c.source: c for c in convs}
+    rejected = []
+    for b in unusual:
+        try:
+            tokenize_conversation(tokenizer, by_source[b.source])
+        except Exception as e:  # jinja's TemplateError from raise_exception(), or whatever else a template raises
+            reason = f"{b.reason}; the model's chat template rejects it ({_first_line(e)})"
+            rejected.append(BadRow(b.source, b.field, reason, ROLE_ORDER_RULE))
+    return rejected
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:200]
 
 
 def _position(source: str) -> int:
