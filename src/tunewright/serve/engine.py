@@ -155,35 +155,64 @@ class Engine:
 
     def _admit(self) -> None:
         new = self._take_admissible()
-        if not new:
-            return
-        import torch
+        if new:
+            self._admit_group(new)
 
-        group = new[0].served.group
-        ids, mask = left_pad([r.prompt_ids for r in new], pad_id=0)
-        ids, mask = ids.to(group.device), mask.to(group.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        fresh = RunningBatch.empty(new[0].served.batch_key, group.device)
+    def _admit_group(self, new: list[GenerationRequest]) -> None:
+        """Prefill `new` together and join the running batch; whatever fails fails only its own request."""
+        rows = self._new_rows(new)
+        if not rows:
+            return
         try:
-            with torch.inference_mode(), self._adapter_context(new):
-                out = group.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=fresh.cache,
-                                  use_cache=True, logits_to_keep=1, **self._adapter_kwargs(new))
+            fresh, logits = self._prefill(rows)
         except Exception as exc:
+            if len(rows) > 1:  # one prompt may be to blame: give each its own prefill
+                log.warning("prefill of %d requests failed (%s); retrying them one at a time", len(rows), exc)
+                for row in rows:
+                    self._admit_group([row.request])
+                return
             log.exception("prefill failed")
-            for r in new:
-                r.sink({"type": "error", "message": f"generation failed: {type(exc).__name__}: {exc}"})
+            self._fail_row(rows[0], exc)
             return
         self.steps += 1
+        self._accept_tokens(fresh, logits)
         try:
-            rows = [Sequence(r, self._generator(r), position=len(r.prompt_ids)) for r in new]
-            fresh.attach(rows, mask)
-            self._accept_tokens(fresh, out.logits[:, -1, :])
             self._batch = fresh if self._batch is None else self._batch.merge(fresh)
         except Exception as exc:  # the running batch may be half-merged: fail everyone, visibly
-            for r in new:
-                r.sink({"type": "error", "message": f"generation failed: {type(exc).__name__}: {exc}"})
+            for row in rows:
+                self._fail_row(row, exc)
             raise
         self._drop_finished()
+
+    def _new_rows(self, requests: list[GenerationRequest]) -> list[Sequence]:
+        """A row per request; a request whose own settings cannot be set up (e.g. its seed) gets an error alone."""
+        rows = []
+        for request in requests:
+            row = Sequence(request, None, position=len(request.prompt_ids))
+            try:
+                row.generator = self._generator(request)
+            except Exception as exc:
+                log.warning("request %s refused: %s: %s", request.id, type(exc).__name__, exc)
+                self._fail_row(row, exc)
+                continue
+            rows.append(row)
+        return rows
+
+    def _prefill(self, rows: list[Sequence]):
+        """Run the prompts of `rows` left-padded through the model into a fresh cache: (batch, last logits)."""
+        import torch
+
+        requests = [row.request for row in rows]
+        group = requests[0].served.group
+        ids, mask = left_pad([r.prompt_ids for r in requests], pad_id=0)
+        ids, mask = ids.to(group.device), mask.to(group.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        fresh = RunningBatch.empty(requests[0].served.batch_key, group.device)
+        with torch.inference_mode(), self._adapter_context(requests):
+            out = group.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=fresh.cache,
+                              use_cache=True, logits_to_keep=1, **self._adapter_kwargs(requests))
+        fresh.attach(rows, mask)
+        return fresh, out.logits[:, -1, :]
 
     def _step(self) -> None:
         import torch
@@ -230,10 +259,41 @@ class Engine:
 
     def _accept_tokens(self, batch: RunningBatch, logits) -> None:
         """Pick each row's next token, update its text, and decide whether it is finished."""
-        tokens = pick_tokens(logits, batch.rows, batch.group.vocab_size)
+        tokens = self._pick_tokens(batch, logits)
         for row, token in zip(batch.rows, tokens):
-            self._advance(row, token)
+            if row.finish_reason is not None:
+                continue
+            try:
+                self._advance(row, token)
+            except Exception as exc:  # e.g. its tokenizer or its sink broke: that row alone ends
+                log.exception("request %s failed", row.request.id)
+                self._fail_row(row, exc)
         batch.set_last_tokens(tokens)
+
+    def _pick_tokens(self, batch: RunningBatch, logits) -> list[int]:
+        """All rows at once; if that fails, row by row, so one row's bad sampling fails only that row."""
+        vocab = batch.group.vocab_size
+        try:
+            return pick_tokens(logits, batch.rows, vocab)
+        except Exception:
+            pass
+        tokens = []
+        for i, row in enumerate(batch.rows):
+            try:
+                tokens.extend(pick_tokens(logits[i:i + 1], [row], vocab))
+            except Exception as exc:
+                log.warning("sampling failed for request %s: %s: %s", row.request.id, type(exc).__name__, exc)
+                self._fail_row(row, exc)
+                tokens.append(0)  # never fed: the row leaves before the next step
+        return tokens
+
+    def _fail_row(self, row: Sequence, exc: Exception) -> None:
+        """End one request with an error event; a sink that itself fails is only logged."""
+        row.finish_reason = "error"
+        try:
+            row.request.sink({"type": "error", "message": f"generation failed: {type(exc).__name__}: {exc}"})
+        except Exception:
+            log.exception("could not report the failure of request %s", row.request.id)
 
     def _advance(self, row: Sequence, token: int) -> None:
         request, served = row.request, row.request.served
@@ -259,7 +319,7 @@ class Engine:
         if end > row.emitted:
             row.request.sink({"type": "delta", "text": row.text[row.emitted:end]})
             row.emitted = end
-        if row.finish_reason and row.finish_reason != "cancelled":
+        if row.finish_reason and row.finish_reason not in ("cancelled", "error"):
             row.request.sink({"type": "done", "finish_reason": row.finish_reason, "text": row.text,
                               "prompt_tokens": len(row.request.prompt_ids), "completion_tokens": len(row.tokens)})
 
@@ -276,7 +336,8 @@ class Engine:
     def _fail_batch(self, exc: Exception) -> None:
         if self._batch is not None:
             for row in self._batch.rows:
-                row.request.sink({"type": "error", "message": f"generation failed: {type(exc).__name__}: {exc}"})
+                if row.finish_reason is None:
+                    self._fail_row(row, exc)
         self._batch = None
 
 
