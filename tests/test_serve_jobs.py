@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
+import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -24,17 +29,46 @@ def wait_for(client, job_id: str, statuses: tuple[str, ...], timeout: float = 24
 
 
 class JobServer:
-    """A server with the jobs API on, restartable on the same database."""
+    """A server with the jobs API on, restartable on the same database.
 
-    def __init__(self, tmp, model_dir):
-        self.tmp, self.model_dir = tmp, model_dir
+    With `api_key`, the key is given through TUNEWRIGHT_API_KEY in the server's environment (so tests
+    can check the trainer does not inherit it).
+    """
+
+    def __init__(self, tmp, model_dir, api_key: str | None = None):
+        self.tmp, self.model_dir, self.api_key = tmp, model_dir, api_key
         self.port = free_port()
         self.proc = None
+        self.db = Path(tmp) / "state" / "jobs.db"
 
     def start(self):
-        self.proc = start_server([str(self.model_dir), "--database", f"sqlite:///{self.tmp}/state/jobs.db"], self.port,
-                                 self.tmp / "server.log", {"TUNEWRIGHT_JOBS": "1"})
-        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key="none", max_retries=0, timeout=60)
+        args = [str(self.model_dir), "--database", f"sqlite:///{self.db}"]
+        if self.api_key:
+            self.proc = self._start_with_key_in_env(args)
+        else:
+            self.proc = start_server(args, self.port, self.tmp / "server.log", {"TUNEWRIGHT_JOBS": "1"})
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=self.api_key or "none", max_retries=0, timeout=60)
+
+    def _start_with_key_in_env(self, args: list[str]) -> subprocess.Popen:
+        env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TUNEWRIGHT_JOBS": "1", "TUNEWRIGHT_API_KEY": self.api_key}
+        log = open(self.tmp / "server.log", "a")
+        proc = subprocess.Popen([sys.executable, "-m", "tunewright.cli", "serve", *args, "--port", str(self.port)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.tmp)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        proc.kill()
+        raise RuntimeError(f"server did not come up:\n{(self.tmp / 'server.log').read_text()[-3000:]}")
+
+    def job_row(self, job_id: str) -> dict:
+        """The job's row as stored in SQLite (pid, status), read directly from the database file."""
+        with sqlite3.connect(self.db) as db:
+            db.row_factory = sqlite3.Row
+            return dict(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
     def crash(self):
         self.proc.send_signal(signal.SIGKILL)
@@ -42,6 +76,58 @@ class JobServer:
 
     def stop(self):
         stop_server(self.proc)
+
+
+def process_gone(pid: int, timeout: float = 15) -> bool:
+    """Whether `pid` has exited (zombies count as exited) within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return True
+        except (OSError, IndexError):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def wait_for_checkpoint(server: JobServer, job_id: str, timeout: float = 240) -> int:
+    """The step of the job's first complete checkpoint, once it has one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = server.client.fine_tuning.jobs.checkpoints.list(job_id).data
+        if data:
+            return data[0].step_number
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} wrote no checkpoint in {timeout}s")
+
+
+def saved_state(run_dir: Path) -> tuple[int, list[str]]:
+    """The newest complete checkpoint's step and the metrics lines up to it, as left on disk."""
+    from tunewright.train.checkpoint import complete_checkpoints
+
+    step = int(complete_checkpoints(run_dir)[-1].name.rsplit("-", 1)[-1])
+    lines = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= step]
+    return step, lines
+
+
+def assert_resumed(server: JobServer, job_id: str, step: int, lines: list[str], timeout: float = 240) -> None:
+    """The re-queued job was restarted with --resume and continued after `step`, keeping the logged steps before it."""
+    wait_for(server.client, job_id, ("running",))
+    events = [e.message for e in server.client.fine_tuning.jobs.list_events(job_id, limit=100)]
+    assert "Fine-tuning job started (resuming)" in events
+    pid = server.job_row(job_id)["pid"]
+    assert "--resume" in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    metrics = Path(server.job_row(job_id)["run_dir"]) / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = metrics.read_text().splitlines()
+        if any(json.loads(line)["step"] > step for line in now[len(lines):] if line.strip()):
+            assert now[:len(lines)] == lines, "the steps logged before the checkpoint were rewritten: it started over"
+            assert json.loads(now[len(lines)])["step"] == step + 1
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} logged no step after {step} in {timeout}s")
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +146,11 @@ def training_file(jobs_server):
     return jobs_server.client.files.create(file=("train.jsonl", io.BytesIO(data)), purpose="fine-tune")
 
 
-def create_job(server, training_file, steps: int, suffix: str = "test"):
+def create_job(server, training_file, steps: int, suffix: str = "test", **kwargs):
     return server.client.fine_tuning.jobs.create(
         model=str(server.model_dir), training_file=training_file.id, suffix=suffix, seed=3,
         hyperparameters={"n_epochs": 1, "batch_size": 4},
-        extra_body={"tunewright": {"settings": {"train.max_steps": steps, "train.save_every": 1}}})
+        extra_body={"tunewright": {"settings": {"train.max_steps": steps, "train.save_every": 1}}}, **kwargs)
 
 
 def test_upload_is_validated_and_listed(jobs_server, training_file):
@@ -81,8 +167,9 @@ def test_upload_is_validated_and_listed(jobs_server, training_file):
 
 def test_job_trains_and_its_model_is_served(jobs_server, training_file):
     client = jobs_server.client
-    job = create_job(jobs_server, training_file, steps=2)
-    assert job.status == "queued" and job.fine_tuned_model is None
+    metadata = {"team": "support", "ticket": "x" * 512}
+    job = create_job(jobs_server, training_file, steps=2, metadata=metadata)
+    assert job.status == "queued" and job.fine_tuned_model is None and job.metadata == metadata
     done = wait_for(client, job.id, ("succeeded", "failed", "cancelled"))
     assert done.status == "succeeded", done.error
     assert done.fine_tuned_model.startswith("ft:tiny-chatml:tunewright:test:")
@@ -95,8 +182,10 @@ def test_job_trains_and_its_model_is_served(jobs_server, training_file):
     assert any(m.startswith("Step 2/2: training loss=") for m in messages)
     assert messages[0] == "The job has successfully completed"
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
-    assert checkpoints and checkpoints[0].step_number in (1, 2) and checkpoints[0].metrics.train_loss is not None
-    assert job.id in [j.id for j in client.fine_tuning.jobs.list()]
+    assert [c.step_number for c in checkpoints] == [2, 1]  # save_every 1, save_total_limit 2: newest first
+    assert checkpoints[0].metrics.train_loss is not None
+    listed = {j.id: j for j in client.fine_tuning.jobs.list(limit=100)}
+    assert listed[job.id].metadata == metadata and done.metadata == metadata
 
 
 def test_bad_job_requests_are_400_or_404(jobs_server, training_file):
@@ -115,6 +204,36 @@ def test_bad_job_requests_are_400_or_404(jobs_server, training_file):
         client.fine_tuning.jobs.retrieve("ftjob-nope")
 
 
+MALFORMED = [  # (body fields, the param the 400 must name)
+    ({"seed": 2**70}, "seed"), ({"seed": -1}, "seed"), ({"seed": "3"}, "seed"), ({"seed": True}, "seed"),
+    ({"hyperparameters": {"n_epochs": "3"}}, "hyperparameters.n_epochs"),
+    ({"hyperparameters": {"n_epochs": True}}, "hyperparameters.n_epochs"),
+    ({"hyperparameters": {"batch_size": 4.5}}, "hyperparameters.batch_size"),
+    ({"hyperparameters": {"learning_rate_multiplier": "2"}}, "hyperparameters.learning_rate_multiplier"),
+    ({"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}}},
+     "method.supervised.hyperparameters.n_epochs"),
+    ({"metadata": {str(i): "v" for i in range(17)}}, "metadata"), ({"metadata": {"k" * 65: "v"}}, "metadata"),
+    ({"metadata": {"k": "v" * 513}}, "metadata"), ({"metadata": {"k": 1}}, "metadata"), ({"metadata": ["k"]}, "metadata"),
+    ({"tunewright": {"settings": {"train.max_steps": 100_001}}}, "tunewright.settings.train.max_steps"),
+    ({"tunewright": {"settings": {"train.max_steps": "5"}}}, "tunewright.settings.train.max_steps"),
+    ({"tunewright": {"settings": {"lora.r": 257}}}, "tunewright.settings.lora.r"),
+    ({"tunewright": {"settings": {"lora.r": True}}}, "tunewright.settings.lora.r"),
+]
+
+
+def test_malformed_job_fields_are_400_naming_the_param(jobs_server, training_file):
+    """Raw HTTP, since the openai client would type-check some of these before sending them."""
+    url = f"http://127.0.0.1:{jobs_server.port}/v1/fine_tuning/jobs"
+    before = len(jobs_server.client.fine_tuning.jobs.list(limit=100).data)
+    for fields, param in MALFORMED:
+        body = {"model": str(jobs_server.model_dir), "training_file": training_file.id} | fields
+        response = httpx.post(url, json=body, timeout=30)
+        assert response.status_code == 400, (fields, response.text)
+        error = response.json()["error"]
+        assert error["param"] == param and error["type"] == "invalid_request_error", (fields, error)
+    assert len(jobs_server.client.fine_tuning.jobs.list(limit=100).data) == before
+
+
 def test_cancel_stops_a_running_job(jobs_server, training_file):
     client = jobs_server.client
     job = create_job(jobs_server, training_file, steps=10_000, suffix="cancel")
@@ -131,18 +250,23 @@ def test_cancel_stops_a_running_job(jobs_server, training_file):
 
 
 def test_jobs_survive_a_restart(jobs_server, training_file):
-    """Finished jobs keep their state and served model; a job running when the server died is re-queued."""
+    """Finished jobs keep their state and served model; a job running when the server was killed (-9) loses its
+    trainer at once (parent-death signal), is re-queued, and resumes from its newest checkpoint."""
     client = jobs_server.client
-    finished = [j for j in client.fine_tuning.jobs.list() if j.status == "succeeded"]
+    finished = wait_for(client, create_job(jobs_server, training_file, steps=1, suffix="done").id, ("succeeded", "failed"))
+    assert finished.status == "succeeded", finished.error
     running = create_job(jobs_server, training_file, steps=10_000, suffix="crash")
-    wait_for(client, running.id, ("running",))
+    wait_for_checkpoint(jobs_server, running.id)
+    trainer = jobs_server.job_row(running.id)["pid"]
     jobs_server.crash()
+    assert process_gone(trainer), "the trainer outlived a kill -9 of the server"
+    step, lines = saved_state(Path(jobs_server.job_row(running.id)["run_dir"]))
     client = jobs_server.client = jobs_server.start()
     after = {j.id: j for j in client.fine_tuning.jobs.list(limit=100)}
-    assert all(after[j.id].status == "succeeded" for j in finished)
-    assert finished[0].fine_tuned_model in [m.id for m in client.models.list()]
-    wait_for(client, running.id, ("running",))
+    assert after[finished.id].status == "succeeded"
+    assert finished.fine_tuned_model in [m.id for m in client.models.list()]
+    assert_resumed(jobs_server, running.id, step, lines)
     events = [e.message for e in client.fine_tuning.jobs.list_events(running.id, limit=100)]
-    assert any("re-queued" in m for m in events)
+    assert any("The server restarted while this job was running; re-queued" in m for m in events)
     client.fine_tuning.jobs.cancel(running.id)
     assert httpx.get(f"http://127.0.0.1:{jobs_server.port}/health").json()["status"] == "ok"

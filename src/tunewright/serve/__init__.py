@@ -1,7 +1,9 @@
 """Step 7, deploy: an OpenAI-compatible server for runs, adapters and models (FastAPI + uvicorn)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -33,6 +35,44 @@ def _check_engine(engine: str) -> None:
         if importlib.util.find_spec("vllm") is None:
             raise UserError("--engine vllm needs vLLM, which is not installed", "pip install vllm (Linux + CUDA), or use --engine torch")
         raise UserError("--engine vllm is not wired up in this version", "use --engine torch, or run `vllm serve BASE --enable-lora` yourself")
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class ShutdownRequested(BaseException):
+    """SIGTERM or SIGINT arrived: unwind to `serve()`'s cleanup, which stops the trainer and requeues its job."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_shutdown(signum: int, frame) -> None:
+    raise ShutdownRequested(signum)
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """Turn SIGTERM/SIGINT into ShutdownRequested for the whole life of the server.
+
+    uvicorn handles these signals while it serves, then restores the previous handlers and raises the
+    signal again. With the default SIGTERM handler that re-raise killed the process on the spot, so
+    no cleanup ran and the trainer was orphaned; with this handler the re-raise unwinds normally.
+    """
+    previous = {sig: signal.signal(sig, _raise_shutdown) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _close_ignoring_signals(server: "Server") -> None:
+    """Cleanup is bounded (the trainer gets 10 s, then SIGKILL); a second Ctrl-C must not cut it short."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    server.close()
 
 
 @dataclass
@@ -88,9 +128,15 @@ def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, api_key:
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the models",
               file=sys.stderr)
-    server = build_app(models, api_key=api_key, database=database, max_batch_size=max_batch_size)
-    print(f"serving {', '.join(server.registry.ids())} at http://{host}:{port}/v1", file=sys.stderr)
-    try:
-        uvicorn.run(server.app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
-    finally:
-        server.close()
+    with _stop_on_signals():
+        try:
+            server = build_app(models, api_key=api_key, database=database, max_batch_size=max_batch_size)
+        except ShutdownRequested:
+            return
+        print(f"serving {', '.join(server.registry.ids())} at http://{host}:{port}/v1", file=sys.stderr)
+        try:
+            uvicorn.run(server.app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+        except ShutdownRequested as stop:
+            print(f"{stop}: stopping", file=sys.stderr)
+        finally:
+            _close_ignoring_signals(server)

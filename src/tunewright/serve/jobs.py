@@ -8,14 +8,15 @@ keys that cannot point the trainer at other files.
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
 from .errors import OpenAIError
 from .jobs_runner import JobRunner, job_config
@@ -27,22 +28,66 @@ ALLOWED_SETTINGS = {
     "train.weight_decay", "lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "data.max_seq_len",
     "data.packing", "eval.after_train",
 }
+# Upper bounds for settings a client could otherwise use to tie the machine up for days or run it out of memory.
+SETTING_LIMITS = {"train.max_steps": (1, 100_000), "lora.r": (1, 256), "data.max_seq_len": (16, 32_768)}
+SEED_MAX = 2**32 - 1  # what torch, numpy and random all accept; SQLite's INTEGER holds it
+METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
 UPLOAD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-Auto = Literal["auto"]
+
+
+def _auto_or(kinds: tuple[type, ...], what: str) -> PlainValidator:
+    """'auto' or a JSON number of the given kind: "3" and true are refused, not coerced to 3 and 1."""
+    def check(value: Any) -> Any:
+        if value == "auto" and isinstance(value, str):
+            return value
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ValueError(f"must be 'auto' or {what}, got {json.dumps(value)}")
+        return float(value) if float in kinds else value
+    return PlainValidator(check)
+
+
+def _check_metadata(value: Any) -> dict[str, str] | None:
+    """OpenAI's metadata rules: at most 16 string pairs, keys up to 64 characters, values up to 512."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("must be an object of string keys and string values")
+    if len(value) > METADATA_PAIRS:
+        raise ValueError(f"has {len(value)} pairs; at most {METADATA_PAIRS} are allowed")
+    for key, item in value.items():
+        if len(key) > METADATA_KEY_CHARS:
+            raise ValueError(f"key '{key[:20]}...' is longer than {METADATA_KEY_CHARS} characters")
+        if not isinstance(item, str):
+            raise ValueError(f"value of '{key}' must be a string, got {json.dumps(item)}")
+        if len(item) > METADATA_VALUE_CHARS:
+            raise ValueError(f"value of '{key}' is longer than {METADATA_VALUE_CHARS} characters")
+    return value
+
+
+def _check_seed(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise ValueError(f"must be an integer from 0 to {SEED_MAX}, got {json.dumps(value)}")
+    return value
+
+
+AutoInt = Annotated[Any, _auto_or((int,), "an integer")]
+AutoFloat = Annotated[Any, _auto_or((int, float), "a number")]
 
 
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    n_epochs: Union[Auto, int] = Field("auto", description="1..50")
-    batch_size: Union[Auto, int] = "auto"
-    learning_rate_multiplier: Union[Auto, float] = "auto"
+    n_epochs: AutoInt = Field("auto", description="1..50")
+    batch_size: AutoInt = "auto"
+    learning_rate_multiplier: AutoFloat = "auto"
 
-    def check(self) -> "Hyperparameters":
+    def check(self, where: str) -> "Hyperparameters":
         for name, value, low, high in (("n_epochs", self.n_epochs, 1, 50), ("batch_size", self.batch_size, 1, 1024),
                                        ("learning_rate_multiplier", self.learning_rate_multiplier, 1e-6, 100)):
             if value != "auto" and not low <= value <= high:
-                raise OpenAIError(400, f"hyperparameters.{name} must be 'auto' or between {low} and {high}.",
-                                  param=f"hyperparameters.{name}", code="invalid_value")
+                raise OpenAIError(400, f"{where}.{name} must be 'auto' or between {low} and {high}.",
+                                  param=f"{where}.{name}", code="invalid_value")
         return self
 
 
@@ -69,8 +114,28 @@ class CreateJob(BaseModel):
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
     suffix: str | None = Field(None, max_length=64)
-    seed: int | None = None
+    seed: Annotated[Any, PlainValidator(_check_seed)] = None
+    metadata: Annotated[Any, PlainValidator(_check_metadata)] = None
     tunewright: Extras | None = None
+
+
+def _hyperparameters(body: CreateJob) -> tuple[Hyperparameters, str]:
+    """The job's hyperparameters and where they came from (for the `param` of an error)."""
+    supervised = body.method and body.method.supervised
+    if supervised and supervised.hyperparameters is not None:
+        return supervised.hyperparameters, "method.supervised.hyperparameters"
+    return body.hyperparameters or Hyperparameters(), "hyperparameters"
+
+
+def _check_setting_limits(settings: dict[str, Any]) -> None:
+    """Integer settings must be JSON integers within SETTING_LIMITS (train.max_steps may also be null)."""
+    for key, (low, high) in SETTING_LIMITS.items():
+        if key not in settings or (key == "train.max_steps" and settings[key] is None):
+            continue
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise OpenAIError(400, f"tunewright.settings {key} must be an integer from {low} to {high}, got {json.dumps(value)}.",
+                              param=f"tunewright.settings.{key}", code="invalid_value")
 
 
 def file_object(row: dict) -> dict:
@@ -142,11 +207,12 @@ class JobsService:
         """Refuse at creation what the trainer would refuse later: every setting must make a valid RunConfig."""
         from ..config import RunConfig
 
-        extras = job["extras"] or {}
-        unknown = sorted(set(extras.get("settings") or {}) - ALLOWED_SETTINGS)
+        settings = (job["extras"] or {}).get("settings") or {}
+        unknown = sorted(set(settings) - ALLOWED_SETTINGS)
         if unknown:
             raise OpenAIError(400, f"tunewright.settings may not set {', '.join(unknown)}; allowed: {', '.join(sorted(ALLOWED_SETTINGS))}.",
                               param="tunewright.settings", code="invalid_value")
+        _check_setting_limits(settings)
         try:
             RunConfig.model_validate(job_config(job, training["path"], validation["path"] if validation else None, None))
         except ValidationError as exc:
@@ -161,15 +227,16 @@ class JobsService:
                               param="method.type", code="unsupported_parameter")
         if body.suffix is not None and not re.fullmatch(r"[A-Za-z0-9_.-]*", body.suffix):
             raise OpenAIError(400, "suffix may hold only letters, digits, '-', '_' and '.'.", param="suffix", code="invalid_value")
-        hp = (body.method and body.method.supervised and body.method.supervised.hyperparameters) or body.hyperparameters
-        hp = (hp or Hyperparameters()).check()
+        hp, where = _hyperparameters(body)
+        hp = hp.check(where)
         training = self._file_or_400(body.training_file, "training_file")
         validation = self._file_or_400(body.validation_file, "validation_file")
         job_id = new_id("ftjob")
         job = {"id": job_id, "model": body.model, "base_spec": self._base_spec(body.model),
                "training_file": training["id"], "validation_file": validation["id"] if validation else None,
                "hyperparameters": hp.model_dump(), "extras": (body.tunewright or Extras()).model_dump(),
-               "suffix": body.suffix, "seed": body.seed if body.seed is not None else 42, "status": "validating_files",
+               "suffix": body.suffix, "seed": body.seed if body.seed is not None else 42, "metadata": body.metadata,
+               "status": "validating_files",
                "created_at": now(), "run_dir": str((self.store.root / "ft-jobs" / job_id).resolve())}
         self._checked_config(job, training, validation)
         self.store.add_job(job)
@@ -194,7 +261,7 @@ class JobsService:
                 "organization_id": "org-tunewright", "result_files": [], "training_file": job["training_file"],
                 "validation_file": job["validation_file"], "hyperparameters": hp, "trained_tokens": job["trained_tokens"],
                 "error": job["error"], "seed": job["seed"], "estimated_finish": None, "integrations": [],
-                "user_provided_suffix": job["suffix"], "metadata": None,
+                "user_provided_suffix": job["suffix"], "metadata": job.get("metadata"),
                 "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}}
 
     def checkpoints(self, job: dict) -> list[dict]:

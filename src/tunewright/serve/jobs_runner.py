@@ -25,6 +25,43 @@ from .jobs_store import JobStore, now
 
 log = logging.getLogger("tunewright.serve.jobs")
 POLL_SECONDS = 0.5
+STOP_GRACE_SECONDS = 10  # how long a stopped trainer gets to exit on SIGTERM before it is killed
+
+# The trainer gets only the environment training needs: never the server's API key or other secrets.
+TRAINER_ENV_NAMES = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TMP", "TEMP", "SHELL",
+                     "TERM", "VIRTUAL_ENV", "CONDA_PREFIX", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE"}
+TRAINER_ENV_PREFIXES = ("LC_", "PYTHON", "XDG_", "LD_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_", "TORCH",
+                        "PYTORCH_", "CUDA", "NVIDIA_", "NCCL_", "HIP_", "ROCR_", "ACCELERATE_", "BNB_", "OMP_", "MKL_",
+                        "KMP_", "OPENBLAS_", "TUNEWRIGHT_")
+TRAINER_ENV_SECRETS = {"TUNEWRIGHT_API_KEY"}
+
+# Linux only: run as `python -c LAUNCHER <server pid> <trainer command...>`. It asks the kernel to send the
+# trainer SIGTERM when the thread that started it dies (so even `kill -9` of the server stops training),
+# checks the server did not die before that took effect, then becomes the trainer (exec keeps the setting).
+LAUNCHER = """\
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("the server exited before the trainer started")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def trainer_env(job_id: str) -> dict[str, str]:
+    """The server's environment reduced to what `tunewright train` needs, plus the job id."""
+    kept = {k: v for k, v in os.environ.items()
+            if (k in TRAINER_ENV_NAMES or k.startswith(TRAINER_ENV_PREFIXES)) and k not in TRAINER_ENV_SECRETS}
+    return kept | {"TUNEWRIGHT_JOB_ID": job_id}
+
+
+def trainer_command(config_path: Path, run_dir: Path, resume: bool) -> list[str]:
+    """`tunewright train` for one job, behind the parent-death launcher where Linux offers it."""
+    command = [sys.executable, "-m", "tunewright.cli", "train", str(config_path), "--output", str(run_dir)]
+    if resume:
+        command.append("--resume")
+    if sys.platform.startswith("linux"):
+        return [sys.executable, "-c", LAUNCHER, str(os.getpid()), *command]
+    return command
 
 
 def job_config(job: dict, training_path: str, validation_path: str | None, learning_rate: float | None) -> dict:
@@ -109,13 +146,29 @@ class JobRunner:
     def stop(self) -> None:
         """Stop scheduling; a running trainer is stopped too, and its job resumes when the server starts again."""
         self._stop.set()
-        self._thread.join(timeout=10)
-        if self.proc is not None and self.proc.poll() is None:
-            _kill_group(self.proc.pid)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                _kill_group(self.proc.pid, signal.SIGKILL)
+        self._thread.join(timeout=STOP_GRACE_SECONDS)
+        if self.proc is None:
+            return
+        self._stop_trainer()
+        job = self.store.job(self.job_id)
+        if job is not None and job["status"] == "running":
+            self.store.update_job(job["id"], status="queued", pid=None)
+            self.store.add_event(job["id"], "The server was stopped while this job was running; re-queued, it resumes "
+                                 "from its newest complete checkpoint when the server starts again.", level="warn")
+        elif job is not None and job["cancel_requested"]:
+            self._finish(job, "cancelled", None)
+        self.proc, self.job_id = None, None
+
+    def _stop_trainer(self) -> None:
+        """SIGTERM to the trainer's process group, SIGKILL if it has not exited within STOP_GRACE_SECONDS."""
+        if self.proc.poll() is not None:
+            return
+        _kill_group(self.proc.pid)
+        try:
+            self.proc.wait(timeout=STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            _kill_group(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=STOP_GRACE_SECONDS)
 
     def recover(self) -> None:
         """Jobs marked running belong to a server that died: stop any orphaned trainer and queue them again."""
@@ -155,13 +208,11 @@ class JobRunner:
             shutil.rmtree(run_dir)  # a fresh start needs an empty run folder
         if not config_path.is_file():
             config_path.write_text(yaml.safe_dump(self._config(job)))
-        command = [sys.executable, "-m", "tunewright.cli", "train", str(config_path), "--output", str(run_dir)]
-        if resume:
-            command.append("--resume")
+        command = trainer_command(config_path, run_dir, resume)
         log_path = root / f"{job['id']}.log"
         with open(log_path, "a") as handle:
             self.proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env=os.environ | {"TUNEWRIGHT_JOB_ID": job["id"]})
+                                         env=trainer_env(job["id"]))
         self.job_id = job["id"]
         self.store.update_job(job["id"], status="running", started_at=job["started_at"] or now(), run_dir=str(run_dir),
                               pid=self.proc.pid)
