@@ -19,7 +19,7 @@ from . import checkpoint as ckpt
 from .hparams import native_bf16, resolve_auto
 from .loop import run_training
 from .methods import apply_method, check_method_available, count_parameters, is_adapter_method, quantization_config
-from .summary import build_summary, plot_loss_curve, print_summary
+from .summary import already_finished, build_summary, plot_loss_curve, print_summary
 
 
 @dataclass
@@ -43,10 +43,7 @@ def default_run_dir(cfg: RunConfig) -> Path:
 def check_run_dir(run_dir: Path, resume: bool) -> Path | None:
     """The checkpoint to resume from; refuses to overwrite a finished or running run by accident."""
     if resume:
-        last = ckpt.latest_checkpoint(run_dir)
-        if last is None:
-            raise UserError(f"{run_dir}: no complete checkpoint to resume from", "run without --resume to start fresh")
-        return last
+        return ckpt.resume_checkpoint(run_dir)  # the newest that verifies; UserError when none does
     taken = [p for p in ("adapter", "model", "checkpoints", "metrics.jsonl") if (run_dir / p).exists()]
     if taken:
         raise UserError(
@@ -58,6 +55,7 @@ def check_run_dir(run_dir: Path, resume: bool) -> Path | None:
 
 def make_accelerator(cfg: RunConfig, run_dir: Path):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     precision = cfg.train.precision
     cuda = torch.cuda.is_available()
@@ -69,6 +67,9 @@ def make_accelerator(cfg: RunConfig, run_dir: Path):
                                    "(no avx512_bf16/amx_bf16): emulated bf16 can be far slower than fp32")
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16", "auto": "bf16" if hardware_bf16 else "no"}[precision]
     trackers = cfg.train.report_to or None
+    # accelerate keeps one process-wide state that refuses a new precision; a second train() in the
+    # same process (a notebook, the tests) may ask for another one: forget the last run's (process group stays)
+    AcceleratorState._reset_state()
     try:
         return Accelerator(mixed_precision=mixed, cpu=not cuda, log_with=trackers, project_dir=str(run_dir))
     except (ImportError, ValueError) as e:
@@ -100,6 +101,8 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
     if not cfg.data.train:
         raise UserError("no training data given", "pass --data FILE or set data.train in the config")
     run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cfg)
+    if resume and (finished := already_finished(run_dir)) is not None:
+        return RunResult(run_dir, cfg, finished)  # --resume on a finished run changes nothing
     resume_from = check_run_dir(run_dir, resume)
     if resume_from is not None and (run_dir / "config.yaml").is_file():
         from ..config import load_config
