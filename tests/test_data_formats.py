@@ -341,3 +341,18 @@ def test_role_order_bad_rows_mix_with_others_in_line_order(tmp_path):
     path, rows = _bad(tmp_path, [out_of_order, "{oops", GOOD, out_of_order])
     assert [(b.source, b.field) for b in rows.bad_rows] == [
         (f"{path}:1", "messages[0].role"), (f"{path}:2", "json"), (f"{path}:4", "messages[0].role")]
+
+
+def test_csv_broken_quote_and_bad_bytes_inside_a_multiline_record(tmp_path):
+    path = tmp_path / "broken.csv"
+    path.write_bytes(
+        b"prompt,completion\n"                  # 1
+        b'Q1,"fine\nanswer"\n'                  # 2-3
+        b'Q2,"caf\xe9\nlatte"\n'                # 4-5: latin-1 byte on line 4
+        b'Q3,"quoted"then text\n'               # 6: text after a closing quote
+        b"Q4,A4\n"                              # 7
+    )
+    rows = load_conversations(path)
+    assert [c.source for c in rows.conversations] == [f"{path}:2", f"{path}:7"]
+    assert [(b.source, b.field) for b in rows.bad_rows] == [(f"{path}:4", "encoding"), (f"{path}:6", "csv")]
+    assert rows.rows_per_file[str(path)] == 4
