@@ -225,4 +225,4 @@ def test_early_stopping_ends_the_run_when_validation_stops_improving(tiny_model_
     final = load_file(str(run / "adapter" / "adapter_model.safetensors"))
     some_b = next(k for k in best if "lora_B" in k)
     final_key = next(k for k in final if some_b.split("base_model.model.")[-1].replace(".default", "") in k)
-    torch.testing.assert_close(final[final_key], best[some_b]), "the adapter holds the best weights"
+    torch.testing.assert_close(final[final_key], best[some_b], msg=lambda m: f"the adapter holds the best weights: {m}")

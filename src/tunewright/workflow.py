@@ -20,7 +20,7 @@ def held_out_conversations(result: RunResult) -> list:
 
 def train_and_evaluate(cfg: RunConfig, resume: bool = False) -> RunResult:
     result = train(cfg, resume=resume)
-    if result.is_main_process and cfg.eval.after_train:
+    if result.is_main_process and cfg.eval.after_train and result.model is not None:  # None: finished before
         conversations = held_out_conversations(result)
         if conversations:
             from .evaluate import evaluate_after_training

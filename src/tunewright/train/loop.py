@@ -26,6 +26,9 @@ from .loss import select_trained_positions, token_loss_sum
 from .progress import TrainProgress, peak_memory_bytes
 
 
+TOTALS = ("trained_tokens", "real_tokens", "padded_tokens", "train_seconds")  # kept in checkpoints: summaries cover the whole run
+
+
 class TrainingDiverged(UserError):
     """Loss became NaN or infinite: stop, keep the last good checkpoint."""
 
@@ -68,6 +71,7 @@ class LoopResult:
     final_eval_loss: float | None = None
     best_eval_loss: float | None = None
     best_checkpoint: str | None = None
+    best_step: int | None = None
     stopped_early: bool = False
     peak_memory_bytes: int = 0
     history: list[dict] = field(default_factory=list)
@@ -125,13 +129,17 @@ def run_training(model, train: list[TokenizedExample], validation: list[Tokenize
     loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
     loss_module.train()
 
-    state = {"step": 0, "best_eval_loss": None, "best_checkpoint": None, "evals_without_gain": 0, "tokens": 0}
+    state = {"step": 0, "best_eval_loss": None, "best_checkpoint": None, "evals_without_gain": 0, "tokens": 0,
+             **{k: 0 for k in TOTALS}}
+    best_weights = None  # the trainable weights at the best evaluation, kept for early stopping
     if resume_from is not None:
-        state.update(ckpt.load_checkpoint(resume_from, model, optimizer, scheduler))
+        resumed = ckpt.load_resumable(run_dir, resume_from, model, optimizer, scheduler, report=accelerator.is_main_process)
+        state.update(resumed.trainer_state)
+        best_weights = _resumed_best_weights(resumed) if t.early_stopping_patience else None
     metrics_path = Path(run_dir) / "metrics.jsonl"
     _truncate_metrics(metrics_path, state["step"])
     val_batches = _batches(validation, cfg, pad_id) if validation else []
-    result = LoopResult()
+    result = LoopResult(**{k: state[k] for k in TOTALS})  # totals cover the whole run, resumed or not
     rank, world = accelerator.process_index, accelerator.num_processes
     progress = TrainProgress(total, start=state["step"], enabled=accelerator.is_main_process)
     done = state["step"]
@@ -175,7 +183,8 @@ def run_training(model, train: list[TokenizedExample], validation: list[Tokenize
                    "tokens": state["tokens"], "tokens_per_s": real / max(elapsed, 1e-9)}
             if val_batches and (done % int(t.eval_every) == 0 or done == total):
                 row["eval_loss"] = evaluate_loss(loss_module, val_batches, device)
-                _track_best(state, row["eval_loss"], done)
+                if _track_best(state, row["eval_loss"], done) and t.early_stopping_patience:
+                    best_weights = _cpu_copy(accelerator.unwrap_model(model))
             result.final_loss = step_loss
             result.final_eval_loss = row.get("eval_loss", result.final_eval_loss)
             if accelerator.is_main_process and (done % t.log_every == 0 or done == total or "eval_loss" in row):
@@ -184,18 +193,19 @@ def run_training(model, train: list[TokenizedExample], validation: list[Tokenize
             result.history.append(row)
             progress.update(row)
             if done % int(t.save_every) == 0 and done < total:
-                state["step"] = done
-                _save(run_dir, done, model, optimizer, scheduler, state, t.save_total_limit, accelerator)
+                state.update({"step": done, **{k: getattr(result, k) for k in TOTALS}})
+                _save(run_dir, done, model, optimizer, scheduler, state, t.save_total_limit, accelerator, best_weights)
             if t.early_stopping_patience and state["evals_without_gain"] >= t.early_stopping_patience:
                 result.stopped_early = True
                 break
 
     result.steps = done
-    if result.stopped_early and state["best_checkpoint"]:
+    if result.stopped_early and best_weights is not None:
         # early stopping means "the best weights", not the ones after `patience` worse evaluations
-        ckpt.load_trainable_weights(state["best_checkpoint"], accelerator.unwrap_model(model))
+        ckpt.copy_weights(best_weights, accelerator.unwrap_model(model))
     result.best_eval_loss = state["best_eval_loss"]
     result.best_checkpoint = state["best_checkpoint"]
+    result.best_step = state.get("best_step")
     result.peak_memory_bytes = peak_memory_bytes(device)
     return result
 
@@ -206,20 +216,36 @@ def _global_sum_float(accelerator, value: torch.Tensor) -> float:
     return accelerator.reduce(value.reshape(1), reduction="sum").item()
 
 
-def _track_best(state: dict, eval_loss: float, step: int) -> None:
+def _track_best(state: dict, eval_loss: float, step: int) -> bool:
+    """Record an evaluation; True when it is the best so far."""
     if state["best_eval_loss"] is None or eval_loss < state["best_eval_loss"]:
         state["best_eval_loss"] = eval_loss
         state["best_step"] = step
+        state["best_checkpoint"] = None  # set by _save when this step is also a save step
         state["evals_without_gain"] = 0
-    else:
-        state["evals_without_gain"] += 1
+        return True
+    state["evals_without_gain"] += 1
+    return False
 
 
-def _save(run_dir, step, model, optimizer, scheduler, state, keep, accelerator) -> None:
+def _cpu_copy(model) -> dict[str, torch.Tensor]:
+    """The trainable weights on the CPU: small for adapters, and off the accelerator for full fine-tuning."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _resumed_best_weights(resumed: ckpt.Checkpoint) -> dict[str, torch.Tensor] | None:
+    """The best weights a checkpoint carries: its own when the best evaluation fell on its step."""
+    if resumed.best_weights is not None:
+        return resumed.best_weights
+    return resumed.weights if resumed.trainer_state.get("best_step") == resumed.trainer_state.get("step") else None
+
+
+def _save(run_dir, step, model, optimizer, scheduler, state, keep, accelerator, best_weights=None) -> None:
     if accelerator.is_main_process:
         if state.get("best_step") == step:
             state["best_checkpoint"] = str(Path(run_dir) / "checkpoints" / f"step-{step}")
-        ckpt.save_checkpoint(run_dir, step, accelerator.unwrap_model(model), optimizer, scheduler, state)
+            best_weights = None  # the checkpoint's own weights are the best ones
+        ckpt.save_checkpoint(run_dir, step, accelerator.unwrap_model(model), optimizer, scheduler, state, best_weights)
         ckpt.rotate_checkpoints(run_dir, keep, protect=state.get("best_checkpoint"))
     accelerator.wait_for_everyone()
 
@@ -230,8 +256,20 @@ def _append_metrics(path: Path, row: dict) -> None:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop logged steps after the checkpoint so metrics.jsonl has each step once."""
+    """On resume, drop logged steps after the checkpoint so metrics.jsonl has each step once.
+
+    A line that does not parse (what a kill during the append leaves) is dropped too.
+    """
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    rows = [(line, _parse_row(line)) for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    keep = [line for line, row in rows if row is not None and row.get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+def _parse_row(line: str) -> dict | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("step"), int) else None

@@ -16,6 +16,7 @@ from ..data.templates import CHATML_TEMPLATE
 from ..errors import UserError
 from ..models import load_model, load_tokenizer, local_model_dir
 from . import checkpoint as ckpt
+from .guards import check_output_dir, reconcile_resume
 from .hparams import native_bf16, resolve_auto
 from .loop import run_training
 from .methods import apply_method, check_method_available, count_parameters, is_adapter_method, quantization_config
@@ -97,17 +98,17 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
     from ..data import prepare_data
 
     started = time.perf_counter()
+    run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cfg)
+    check_output_dir(run_dir)  # in a second, not after tokenizing
+    extended = False
+    if resume:  # the run's own resolved settings plus the changes a resume allows; conflicts exit 2
+        cfg, extended = reconcile_resume(cfg, run_dir)
     check_method_available(cfg)
     if not cfg.data.train:
         raise UserError("no training data given", "pass --data FILE or set data.train in the config")
-    run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cfg)
-    if resume and (finished := already_finished(run_dir)) is not None:
+    if resume and not extended and (finished := already_finished(run_dir)) is not None:
         return RunResult(run_dir, cfg, finished)  # --resume on a finished run changes nothing
     resume_from = check_run_dir(run_dir, resume)
-    if resume_from is not None and (run_dir / "config.yaml").is_file():
-        from ..config import load_config
-
-        cfg = load_config(run_dir / "config.yaml")  # the resolved values of the original run
     cfg = cfg.model_copy(update={"output_dir": str(run_dir)})
     if isinstance(cfg.train.threads, int):
         torch.set_num_threads(cfg.train.threads)
@@ -123,7 +124,7 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
         data = prepare_data(cfg, tokenizer)
     cfg = _record_detected_format(cfg, data.report)
     run_dir.mkdir(parents=True, exist_ok=True)
-    model = load_model(model_dir, trust_remote_code=cfg.trust_remote_code, **_quant_kwargs(cfg))
+    model = load_model(model_dir, trust_remote_code=cfg.trust_remote_code, **_quant_kwargs(cfg, accelerator.local_process_index))
     cfg = resolve_auto(cfg, len(data.train), sum(p.numel() for p in model.parameters()), accelerator.device)
     torch.set_num_threads(int(cfg.train.threads))
     model = apply_method(model, cfg)
@@ -163,9 +164,10 @@ def _record_detected_format(cfg: RunConfig, report: dict) -> RunConfig:
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"format": found.pop()})})
 
 
-def _quant_kwargs(cfg: RunConfig) -> dict:
+def _quant_kwargs(cfg: RunConfig, device_index: int) -> dict:
+    """QLoRA loads the base in 4 bits, straight onto this process's GPU."""
     q = quantization_config(cfg)
-    return {"quantization_config": q, "device_map": {"": 0}} if q is not None else {}
+    return {"quantization_config": q, "device_map": {"": device_index}} if q is not None else {}
 
 
 def save_result(model, tokenizer, cfg: RunConfig, run_dir: Path, base_dir: str) -> dict:

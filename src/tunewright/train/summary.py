@@ -36,6 +36,7 @@ def build_summary(result, wall_seconds: float, params, cfg) -> dict:
         "final_eval_loss": result.final_eval_loss,
         "best_eval_loss": result.best_eval_loss,
         "best_checkpoint": result.best_checkpoint,
+        "best_step": result.best_step,
         "stopped_early": result.stopped_early,
     }
 
@@ -57,11 +58,41 @@ def print_summary(summary: dict, run_dir: Path, console: Console | None = None) 
     console.print(table)
 
 
+def already_finished(run_dir: Path) -> dict | None:
+    """The summary of a run that reached its end (summary.json beside adapter/ or model/), said on stderr.
+
+    `--resume` on such a run must not train the last step again and overwrite the result.
+    """
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file() or not any((Path(run_dir) / d).is_dir() for d in ("adapter", "model")):
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except ValueError:
+        return None  # written by a run killed mid-write: the run did not finish cleanly
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"{run_dir}: already finished ({summary.get('steps', '?')} steps); nothing to resume, nothing changed")
+    return summary
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of metrics.jsonl; a line that does not parse (a killed append) is skipped."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
+
+
 def plot_loss_curve(metrics_path: Path, out_png: Path) -> Path | None:
     """Train and validation loss against step; None when there is nothing to plot."""
     if not metrics_path.is_file():
         return None
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in read_metrics(metrics_path) if "loss" in r]
     if not rows:
         return None
     import matplotlib
