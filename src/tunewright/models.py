@@ -172,8 +172,11 @@ def load_tokenizer(model_dir: str, chat_template: str | None = None, trust_remot
     return tokenizer
 
 
-def load_model(model_dir: str, dtype=None, trust_remote_code: bool = False, device_map=None):
-    """A causal LM from a local folder, on CPU by default, in `dtype` (fp32 unless told)."""
+def load_model(model_dir: str, dtype=None, trust_remote_code: bool = False, device_map=None, quantization_config=None):
+    """A causal LM from a local folder, on CPU by default, in `dtype` (fp32 unless told).
+
+    `quantization_config` (a transformers BitsAndBytesConfig) loads the base in 4 bits for QLoRA.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -183,6 +186,7 @@ def load_model(model_dir: str, dtype=None, trust_remote_code: bool = False, devi
             dtype=dtype or torch.float32,
             trust_remote_code=trust_remote_code,
             device_map=device_map,
+            quantization_config=quantization_config,
         )
     except ValueError as e:
         if "trust_remote_code" in str(e):

@@ -68,6 +68,7 @@ def make_accelerator(cfg: RunConfig, run_dir: Path):
                                    "(no avx512_bf16/amx_bf16): emulated bf16 can be far slower than fp32")
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16", "auto": "bf16" if hardware_bf16 else "no"}[precision]
     trackers = cfg.train.report_to or None
+    check_trackers_installed(cfg.train.report_to)
     # accelerate keeps one process-wide state that refuses a new precision; a second train() in the
     # same process (a notebook, the tests) may ask for another one: forget the last run's (process group stays)
     AcceleratorState._reset_state()
@@ -75,6 +76,18 @@ def make_accelerator(cfg: RunConfig, run_dir: Path):
         return Accelerator(mixed_precision=mixed, cpu=not cuda, log_with=trackers, project_dir=str(run_dir))
     except (ImportError, ValueError) as e:
         raise UserError(f"train.report_to={trackers}: {e}", "install the tracker (tensorboard, mlflow or wandb) or remove report_to") from None
+
+
+def check_trackers_installed(trackers: list[str]) -> None:
+    """accelerate drops a known tracker whose package is missing with only a warning; the user asked for it: stop."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    available = {str(t) for t in get_available_trackers()}
+    missing = [t for t in trackers if t in LoggerType.list() and t != "all" and t not in available]
+    if missing:
+        raise UserError(f"train.report_to: {', '.join(missing)} is not installed, so nothing would be logged to it",
+                        f"pip install {' '.join(missing)}, or remove it from train.report_to")
 
 
 def environment_info() -> dict:
