@@ -100,13 +100,20 @@ def test_report_to_tensorboard_logs_the_same_loss_as_metrics_jsonl(tiny_model_di
 
     run = tmp_path / "run"
     tunewright.train(_cfg(tiny_model_dir, data, run, train__report_to="[tensorboard]", eval__after_train="false"))
-    event_files = list(run.rglob("events.out.tfevents.*"))
-    assert event_files, f"no TensorBoard event file under {run}"
-    events = EventAccumulator(str(event_files[0].parent))
-    events.Reload()
-    logged = {e.step: e.value for e in events.Scalars("loss")}
-    assert logged == pytest.approx({r["step"]: r["loss"] for r in _metrics(run)}, rel=1e-6)
-    assert sorted(logged) == [1, 2, 3]
+    folders = {f.parent for f in run.rglob("events.out.tfevents.*")}
+    scalars = {}
+    for folder in folders:
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        if "loss" in events.Tags()["scalars"]:
+            scalars = {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+    assert scalars, f"no TensorBoard loss under {run}: {sorted(map(str, folders))}"
+    rows = _metrics(run)
+    assert scalars["loss"] == pytest.approx({r["step"]: r["loss"] for r in rows}, rel=1e-6)
+    assert sorted(scalars["loss"]) == [1, 2, 3]
+    assert scalars["eval_loss"] == pytest.approx({r["step"]: r["eval_loss"] for r in rows if "eval_loss" in r}, rel=1e-6)
+    hparams = [yaml.safe_load(p.read_text()) for p in run.rglob("hparams.yml")]  # the resolved config, flattened
+    assert len(hparams) == 1 and hparams[0]["train.max_steps"] == STEPS and hparams[0]["train.precision"] == "fp32"
 
 
 def _missing_tracker() -> str:

@@ -21,6 +21,7 @@ from .hparams import native_bf16, resolve_auto
 from .loop import run_training
 from .methods import apply_method, check_method_available, count_parameters, is_adapter_method, quantization_config
 from .summary import already_finished, build_summary, plot_loss_curve, print_summary
+from .trackers import check_trackers_installed, tracker_hparams
 
 
 @dataclass
@@ -76,18 +77,6 @@ def make_accelerator(cfg: RunConfig, run_dir: Path):
         return Accelerator(mixed_precision=mixed, cpu=not cuda, log_with=trackers, project_dir=str(run_dir))
     except (ImportError, ValueError) as e:
         raise UserError(f"train.report_to={trackers}: {e}", "install the tracker (tensorboard, mlflow or wandb) or remove report_to") from None
-
-
-def check_trackers_installed(trackers: list[str]) -> None:
-    """accelerate drops a known tracker whose package is missing with only a warning; the user asked for it: stop."""
-    from accelerate.tracking import get_available_trackers
-    from accelerate.utils import LoggerType
-
-    available = {str(t) for t in get_available_trackers()}
-    missing = [t for t in trackers if t in LoggerType.list() and t != "all" and t not in available]
-    if missing:
-        raise UserError(f"train.report_to: {', '.join(missing)} is not installed, so nothing would be logged to it",
-                        f"pip install {' '.join(missing)}, or remove it from train.report_to")
 
 
 def environment_info() -> dict:
@@ -151,7 +140,7 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
         (run_dir / "data_report.json").write_text(json.dumps(data.report, indent=2))
         (run_dir / "environment.json").write_text(json.dumps(environment_info(), indent=2))
     if cfg.train.report_to:
-        accelerator.init_trackers("tunewright", config=json.loads(json.dumps(cfg.model_dump(mode="json"))))
+        accelerator.init_trackers("tunewright", config=tracker_hparams(cfg))
 
     result = run_training(model, data.train, data.validation, cfg, run_dir, accelerator, tokenizer.pad_token_id, resume_from)
     accelerator.end_training()
