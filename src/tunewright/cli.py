@@ -90,11 +90,12 @@ def train(
 def quickstart(
     output: str = typer.Option("runs/quickstart", "--output"),
     steps: Optional[int] = typer.Option(None, "--steps", help="Cap the number of optimizer steps."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a config key, e.g. a short try: --set eval.limit=2 --set eval.max_new_tokens=16"),
 ):
     """The whole path on the embedded SmolLM2 and the example data: train, compare with the base, what next."""
     from .quickstart import run_quickstart
 
-    run_quickstart(output, max_steps=steps)
+    run_quickstart(output, max_steps=steps, overrides=set_ or [])
 
 
 @app.command("eval")
@@ -182,11 +183,13 @@ def estimate(
     seq_len: int = typer.Option(1024, "--seq-len"),
     gpu_memory: Optional[str] = typer.Option(None, "--gpu-memory", help="e.g. 16GB"),
     micro_batch: int = typer.Option(1, "--micro-batch"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="A config key that changes the count: --set lora.r=8, "
+                                             "--set lora.target_modules=[q_proj,v_proj], --set freeze.trainable_layers=4"),
 ):
-    """Estimate memory for a model, method and sequence length."""
+    """Estimate memory for a model, method and sequence length, from the model's config alone (no weights)."""
     from .train.estimate import estimate as run_estimate
 
-    run_estimate(model, method=method, seq_len=seq_len, gpu_memory=gpu_memory, micro_batch=micro_batch)
+    run_estimate(model, method=method, seq_len=seq_len, gpu_memory=gpu_memory, micro_batch=micro_batch, overrides=set_ or [])
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
