@@ -22,8 +22,11 @@ def example_data_dir() -> Path:
     raise UserError("the example data (examples/stdlib-qa) was not found", "run quickstart from a clone of the tunewright repository")
 
 
-def quickstart_config(output: str, max_steps: int | None = None):
-    """A LoRA run sized to finish in a few minutes on 2 CPU cores (see README: Quickstart)."""
+def quickstart_config(output: str, max_steps: int | None = None, overrides: list[str] | None = None):
+    """A LoRA run sized to finish in a few minutes on 2 CPU cores (see README: Quickstart).
+
+    `overrides` (`--set key=value`) come last, so a shorter try (`--set eval.limit=2`) wins over the defaults.
+    """
     data = example_data_dir()
     overrides = [
         "data.validation_split=0.05",
@@ -35,16 +38,17 @@ def quickstart_config(output: str, max_steps: int | None = None):
         "eval.limit=40",
         "eval.max_new_tokens=64",
         f"eval.data={data / 'test.jsonl'}",
+        *(overrides or []),
     ]
     return load_config(model="smollm2-135m-instruct", method="lora", data__train=str(data / "train.jsonl"),
                        output_dir=output, overrides=overrides)
 
 
-def run_quickstart(output: str = "runs/quickstart", max_steps: int | None = None) -> None:
+def run_quickstart(output: str = "runs/quickstart", max_steps: int | None = None, overrides: list[str] | None = None) -> None:
     from .workflow import train_and_evaluate
 
     started = time.perf_counter()
-    cfg = quickstart_config(output, max_steps)
+    cfg = quickstart_config(output, max_steps, overrides)
     console.print(Panel.fit(
         f"Fine-tuning [bold]SmolLM2-135M-Instruct[/] (embedded) with LoRA on {cfg.data.train}\n"
         f"then comparing it with the base model on held-out questions. Run directory: [bold]{output}[/]",
