@@ -182,7 +182,7 @@ def test_job_trains_and_its_model_is_served(jobs_server, training_file):
     assert any(m.startswith("Step 2/2: training loss=") for m in messages)
     assert messages[0] == "The job has successfully completed"
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
-    assert [c.step_number for c in checkpoints] == [2, 1]  # save_every 1, save_total_limit 2: newest first
+    assert [c.step_number for c in checkpoints] == [1]  # save_every 1; the last step is the result, not a checkpoint
     assert checkpoints[0].metrics.train_loss is not None
     listed = {j.id: j for j in client.fine_tuning.jobs.list(limit=100)}
     assert listed[job.id].metadata == metadata and done.metadata == metadata

@@ -183,11 +183,13 @@ def estimate(
     seq_len: int = typer.Option(1024, "--seq-len"),
     gpu_memory: Optional[str] = typer.Option(None, "--gpu-memory", help="e.g. 16GB"),
     micro_batch: int = typer.Option(1, "--micro-batch"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="A config key that changes the count: --set lora.r=8, "
+                                             "--set lora.target_modules=[q_proj,v_proj], --set freeze.trainable_layers=4"),
 ):
-    """Estimate memory for a model, method and sequence length."""
+    """Estimate memory for a model, method and sequence length, from the model's config alone (no weights)."""
     from .train.estimate import estimate as run_estimate
 
-    run_estimate(model, method=method, seq_len=seq_len, gpu_memory=gpu_memory, micro_batch=micro_batch)
+    run_estimate(model, method=method, seq_len=seq_len, gpu_memory=gpu_memory, micro_batch=micro_batch, overrides=set_ or [])
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

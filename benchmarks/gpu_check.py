@@ -1,0 +1,123 @@
+"""A real QLoRA run on a CUDA GPU, offline: prints PASS or FAIL (exit 0 / 1), or SKIP (exit 77) without CUDA + bitsandbytes.
+
+    python benchmarks/gpu_check.py                 # on a CUDA machine with `pip install 'tunewright[gpu]'`
+    python benchmarks/gpu_check.py --method lora   # the same checks without 4 bits (runs on CPU: checks this script)
+
+It builds a small random Llama and a BPE tokenizer the way tests/conftest.py does (no download),
+trains a few steps with `tunewright.train` and checks: the base really is 4-bit (bitsandbytes
+Linear4bit layers, NF4), the losses are finite, every step is logged, the LoRA B matrices moved from
+zero, the adapter and a checkpoint were written, and `--resume` extending max_steps continues to the
+new end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # conftest's tiny tokenizer/model builders
+
+
+def _cuda_ready() -> str | None:
+    """Why QLoRA cannot run here, or None."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return "bitsandbytes is not installed (pip install 'tunewright[gpu]')"
+    return None
+
+
+def build_model(folder: Path) -> Path:
+    from conftest import build_tiny_model, build_tokenizer
+
+    tokenizer = build_tokenizer("chatml")
+    model = build_tiny_model(tokenizer, seed=0, layers=4, hidden=256)  # 4-bit blocks need a few hundred columns
+    out = folder / "tiny-llama"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _config(model_dir: Path, run: Path, method: str, steps: int):
+    from tunewright.config import load_config
+
+    return load_config(model=str(model_dir), method=method, data__train=str(REPO / "examples/stdlib-qa/train.jsonl"),
+                       output_dir=str(run), overrides=[f"train.max_steps={steps}", "train.save_every=2", "train.learning_rate=1e-3",
+                                                       "eval.after_train=false", "data.max_seq_len=256"])
+
+
+def check(method: str, workdir: Path) -> list[str]:
+    """The problems found (empty when everything holds)."""
+    from safetensors.torch import load_file
+
+    import tunewright
+
+    problems = []
+    run, model_dir = workdir / "run", build_model(workdir)
+    result = tunewright.train(_config(model_dir, run, method, steps=4))
+    if method == "qlora":
+        four_bit = [n for n, m in result.model.named_modules() if type(m).__name__ == "Linear4bit"]
+        if not four_bit:
+            problems.append("no bitsandbytes Linear4bit layer in the trained model: the base was not loaded in 4 bits")
+        quant = getattr(result.model.config, "quantization_config", None)
+        quant = quant.to_dict() if hasattr(quant, "to_dict") else (quant or {})
+        if quant.get("bnb_4bit_quant_type") != "nf4" or not quant.get("bnb_4bit_use_double_quant"):
+            problems.append(f"quantization config {quant}, expected nf4 with double quantisation")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    if [r["step"] for r in rows] != [1, 2, 3, 4]:
+        problems.append(f"logged steps {[r['step'] for r in rows]}, expected 1..4")
+    if not all(math.isfinite(r["loss"]) for r in rows):
+        problems.append(f"non-finite loss: {[r['loss'] for r in rows]}")
+    adapter = run / "adapter" / "adapter_model.safetensors"
+    if not adapter.is_file():
+        problems.append("no adapter written")
+    else:
+        moved = [k for k, v in load_file(str(adapter)).items() if "lora_B" in k and v.abs().sum() > 0]
+        if not moved:
+            problems.append("every lora_B is still zero: the adapter did not train")
+    if not (run / "checkpoints" / "step-2").is_dir():
+        problems.append("no checkpoint at step 2")
+    resumed = tunewright.train(_config(model_dir, run, method, steps=6), resume=True)
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    if steps[-1:] != [6] or resumed.summary.get("steps") != 6:
+        problems.append(f"--resume with train.max_steps=6 ended at {steps[-1:]} (summary {resumed.summary.get('steps')})")
+    print(f"{method}: losses {[round(r['loss'], 4) for r in rows]}, trainable {result.summary.get('trainable_params')}")
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="qlora", choices=["qlora", "lora"])
+    args = parser.parse_args()
+    if args.method == "qlora" and (why := _cuda_ready()):
+        print(f"SKIP: {why}")
+        return 77
+    try:
+        with tempfile.TemporaryDirectory(prefix="tunewright-gpu-check-") as tmp:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ["TUNEWRIGHT_TOKENIZED_CACHE"] = str(Path(tmp) / "tokenized")
+            problems = check(args.method, Path(tmp))
+    except Exception:
+        traceback.print_exc()
+        print(f"FAIL: {args.method} training raised (traceback above)")
+        return 1
+    for p in problems:
+        print(f"FAIL: {p}")
+    if problems:
+        return 1
+    print(f"PASS: {args.method} trained, saved, checkpointed and resumed" + (" on a 4-bit NF4 base" if args.method == "qlora" else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
