@@ -28,7 +28,7 @@ def quickstart_config(output: str, max_steps: int | None = None, overrides: list
     `overrides` (`--set key=value`) come last, so a shorter try (`--set eval.limit=2`) wins over the defaults.
     """
     data = example_data_dir()
-    overrides = [
+    settings = [
         "data.validation_split=0.05",
         "data.max_seq_len=512",
         f"train.max_steps={max_steps or 60}",
@@ -41,7 +41,7 @@ def quickstart_config(output: str, max_steps: int | None = None, overrides: list
         *(overrides or []),
     ]
     return load_config(model="smollm2-135m-instruct", method="lora", data__train=str(data / "train.jsonl"),
-                       output_dir=output, overrides=overrides)
+                       output_dir=output, overrides=settings)
 
 
 def run_quickstart(output: str = "runs/quickstart", max_steps: int | None = None, overrides: list[str] | None = None) -> None:
