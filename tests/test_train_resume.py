@@ -132,6 +132,8 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_older_one(tiny_model_dir,
     assert "skipped checkpoints/step-6" in err and name in err, err
     assert result.summary["steps"] == 8
     _assert_same_adapter(straight, killed)
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9)), "steps after the checkpoint resumed from are logged once"
 
 
 def test_a_checkpoint_from_before_manifests_still_loads_and_a_broken_one_falls_back(tiny_model_dir, data, straight, killed, capsys):
