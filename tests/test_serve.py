@@ -16,6 +16,7 @@ import pytest
 from test_export import make_adapter_run, make_full_run
 
 API_KEY = "sk-test-tunewright"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MODELS = ("run-a", "run-b", "full-run")
 
 
@@ -76,7 +77,13 @@ def chat(client, model: str, text: str, **kwargs):
     return client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}], **kwargs)
 
 
-def test_lists_every_served_model(client, server):
+@pytest.fixture(scope="module")
+def fresh_answer(client) -> str:
+    """run-a's greedy answer to one question while the server is fresh (the first test asks for it)."""
+    return chat(client, "run-a", "still there?").choices[0].message.content
+
+
+def test_lists_every_served_model(client, server, fresh_answer):
     assert {m.id for m in client.models.list()} == set(MODELS)
     assert client.models.retrieve("run-a").id == "run-a"
     health = httpx.get(f"{server}/health").json()
@@ -87,8 +94,8 @@ def test_chat_completion(client):
     response = chat(client, "run-a", "What does os.path.join do?")
     choice = response.choices[0]
     assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
-    assert choice.finish_reason in ("stop", "length")
     usage = response.usage
+    assert choice.finish_reason == ("length" if usage.completion_tokens == 12 else "stop")
     assert 0 < usage.completion_tokens <= 12 and usage.prompt_tokens > 5
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     other = chat(client, "run-b", "What does os.path.join do?")
@@ -156,11 +163,76 @@ def test_unknown_model_is_404(client):
     ({"max_tokens": 0}, "max_tokens"),
     ({"n": 2}, "n"),
     ({"max_tokens": 100_000}, "max_tokens"),
+    ({"seed": 2**64}, "seed"),
+    ({"seed": -2**63 - 1}, "seed"),
 ])
 def test_bad_parameters_are_400(client, kwargs, param):
     with pytest.raises(openai.BadRequestError) as err:
         chat(client, "run-a", "hi", **kwargs)
     assert err.value.status_code == 400 and err.value.param == param
+
+
+def test_seed_at_the_64_bit_limits_is_accepted(client):
+    for seed in (2**63 - 1, -2**63):
+        response = chat(client, "run-a", "hi", temperature=1.0, seed=seed, max_tokens=4)
+        assert response.usage.completion_tokens >= 1
+
+
+def test_a_vanishing_temperature_answers_greedily(client):
+    """0 < temperature < 1e-38 used to overflow the scaled logits to inf and fail in sampling."""
+    greedy = chat(client, "run-a", "Name a stdlib module.", temperature=0, max_tokens=8).choices[0].message.content
+    tiny = chat(client, "run-a", "Name a stdlib module.", temperature=1e-300, seed=1, max_tokens=8)
+    assert tiny.choices[0].message.content == greedy
+
+
+def test_a_bad_seed_is_its_own_400_and_bystanders_get_their_answers(client, server):
+    """The seed that used to fail the whole running batch with a 500 is refused alone."""
+    questions = [(MODELS[i % 2], f"Bystander {i}, tell me about module {i}.") for i in range(4)]
+    solo = [chat(client, m, q, max_tokens=64).choices[0].message.content for m, q in questions]
+    bad = {"model": "run-a", "messages": [{"role": "user", "content": "hi"}], "temperature": 1.0, "seed": 2**64}
+
+    def send_bad():
+        while httpx.get(f"{server}/health").json()["running"] < 2:  # while the bystanders are decoding
+            time.sleep(0.005)
+        return httpx.post(f"{server}/v1/chat/completions", json=bad, headers=AUTH, timeout=60)
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        bystanders = [pool.submit(chat, client, m, q, max_tokens=64) for m, q in questions]
+        refused = pool.submit(send_bad).result()
+        answers = [f.result().choices[0].message.content for f in bystanders]
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "seed" and refused.json()["error"]["code"] == "invalid_value"
+    assert answers == solo
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("chat/completions", '{"model": "run-a", "messages": [{"role": "user", "content": "\\ud800 x"}]}', "messages[0].content"),
+    ("chat/completions", '{"model": "run-a", "messages": [{"role": "user", "content": "ok"}, '
+                         '{"role": "user", "content": [{"type": "text", "text": "a\\udfff"}]}]}', "messages[1].content[0].text"),
+    ("completions", '{"model": "full-run", "prompt": "\\ud800 x"}', "prompt"),
+    ("completions", '{"model": "full-run", "prompt": ["\\ud800 x"]}', "prompt[0]"),
+    ("completions", '{"model": "full-\\ud800", "prompt": "x"}', "model"),
+])
+def test_lone_surrogate_is_400_naming_the_field(server, path, body, param):
+    """JSON may escape half a UTF-16 pair; no text holds one, so it is the client's 400, not our 500."""
+    response = httpx.post(f"{server}/v1/{path}", content=body.encode(), headers=AUTH | {"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"], error["type"]) == (param, "invalid_value", "invalid_request_error")
+
+
+def test_non_streaming_client_that_gives_up_frees_its_slot(client, server):
+    """A long answer nobody waits for any more stops at once, as a dropped stream already does."""
+    body = {"model": "run-a", "messages": [{"role": "user", "content": "Write a very long story."}],
+            "max_tokens": 900, "temperature": 0}
+    with pytest.raises(httpx.TimeoutException):  # ~900 tokens take this tiny model several seconds
+        httpx.post(f"{server}/v1/chat/completions", json=body, headers=AUTH, timeout=1.0)
+    gave_up = time.monotonic()
+    while httpx.get(f"{server}/health").json()["running"] and time.monotonic() - gave_up < 3:
+        time.sleep(0.05)
+    health = httpx.get(f"{server}/health").json()
+    assert health["running"] == 0 and health["queued"] == 0, f"still generating {time.monotonic() - gave_up:.1f}s later"
+    assert chat(client, "run-a", "still there?", max_tokens=4).usage.completion_tokens >= 1
 
 
 def test_prompt_longer_than_context_is_400(client):
@@ -189,10 +261,10 @@ def test_sixteen_concurrent_clients_get_the_sequential_answers(client, server):
     assert steps < 16 * 17 / 2, f"{steps} forward passes for 16 requests: they were not batched"
 
 
-def test_server_is_healthy_after_everything(client, server):
+def test_server_is_healthy_after_everything(client, server, fresh_answer):
     health = httpx.get(f"{server}/health").json()
     assert health["status"] == "ok" and health["queued"] == 0 and health["running"] == 0
-    assert chat(client, "run-a", "still there?").choices[0].message.content is not None
+    assert chat(client, "run-a", "still there?").choices[0].message.content == fresh_answer
 
 
 def test_serve_command_refuses_a_busy_port_and_unknown_engine(tiny_model_dir):

@@ -12,17 +12,19 @@ import uuid
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..data.templates import generation_prompt_ids
 from .engine import Engine, GenerationRequest
 from .errors import APIKeyMiddleware, BodyLimitMiddleware, OpenAIError, install_error_handlers, not_found_model
 from .registry import Registry, ServedModel
-from .schemas import ChatCompletionRequest, CompletionRequest, _Sampling, plain_messages, refuse_unsupported
+from .schemas import (ChatCompletionRequest, CompletionRequest, _Sampling, plain_messages, refuse_lone_surrogates,
+                      refuse_unsupported)
 
 DEFAULT_CHAT_MAX_TOKENS = 2048  # when the client sets none: remaining context, but at most this
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+GREEDY_BELOW_TEMPERATURE = 1e-6  # logits / a smaller temperature can overflow to inf; the answer is greedy anyway
 
 
 @dataclass
@@ -65,19 +67,21 @@ def create_app(registry: Registry, engine: Engine, api_key: str | None = None, j
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
+        refuse_lone_surrogates(body)
         served = _served_or_404(registry, body.model)
         refuse_unsupported(body)
         prompt = await run_in_threadpool(_chat_prompt_ids, served, body)
         prepared = _prepare(served, prompt, body, body.max_completion_tokens or body.max_tokens, DEFAULT_CHAT_MAX_TOKENS)
-        return await _respond(engine, prepared, chat=True)
+        return await _respond(engine, prepared, request, chat=True)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
+        refuse_lone_surrogates(body)
         served = _served_or_404(registry, body.model)
         refuse_unsupported(body)
         prompt = await run_in_threadpool(_completion_prompt_ids, served, body)
         prepared = _prepare(served, prompt, body, body.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS)
-        return await _respond(engine, prepared, chat=False)
+        return await _respond(engine, prepared, request, chat=False)
 
     if jobs is not None:
         jobs.install(app)
@@ -156,26 +160,52 @@ def _submit(engine: Engine, p: Prepared, events: _Events) -> GenerationRequest:
     body = p.body
     return engine.submit(GenerationRequest(
         served=p.served, prompt_ids=p.prompt_ids, max_tokens=p.max_tokens, sink=events.sink,
-        temperature=1.0 if body.temperature is None else body.temperature,
+        temperature=_temperature(body.temperature),
         top_p=1.0 if body.top_p is None else body.top_p, stop=body.stop_list(), seed=body.seed,
     ))
 
 
-async def _respond(engine: Engine, p: Prepared, chat: bool):
+async def _respond(engine: Engine, p: Prepared, http: Request, chat: bool):
     events = _Events()
-    if p.body.stream:
+    if p.body.stream:  # Starlette stops the stream, and so the generation, when the client leaves
         return StreamingResponse(_stream(engine, p, events, chat), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     request = _submit(engine, p, events)
+    gone = asyncio.ensure_future(_client_disconnected(http))
     try:
         while True:
-            event = await events.queue.get()
+            event = await _next_event(events, gone)
+            if event is None:  # nobody is waiting for the answer: stop generating it
+                return Response(status_code=499)
             if event["type"] == "done":
                 return _final_body(p, event, chat)
             if event["type"] == "error":
                 raise OpenAIError(500, event["message"], type="server_error")
     finally:
+        gone.cancel()
         request.cancelled = True  # no-op when finished; frees the batch slot when the client went away
+
+
+async def _client_disconnected(http: Request) -> None:
+    """Returns once the client closes the connection (the body is already read, so only that event is left)."""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _next_event(events: _Events, gone: asyncio.Future) -> dict | None:
+    """The engine's next event for this request, or None if the client disconnected first."""
+    getter = asyncio.ensure_future(events.queue.get())
+    await asyncio.wait({getter, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if getter.done():
+        return getter.result()
+    getter.cancel()
+    return None
+
+
+def _temperature(asked: float | None) -> float:
+    if asked is None:
+        return 1.0
+    return 0.0 if asked < GREEDY_BELOW_TEMPERATURE else asked
 
 
 def _usage(event: dict) -> dict:

@@ -23,6 +23,13 @@ UPLOAD_PATHS = ("/v1/files",)
 OPEN_PATHS = ("/health",)  # answered without an API key: load balancers probe it
 
 
+class ErrorResponse(JSONResponse):
+    """JSON escaped to ASCII: an error may quote the client's text, which need not be encodable as UTF-8."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 class OpenAIError(Exception):
     """An error the API reports to the client as-is."""
 
@@ -50,12 +57,12 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         detail = errors[0].get("ctx", {}).get("error", "") or errors[0].get("msg", "")
-        return JSONResponse(error_body(f"We could not parse the JSON body of your request. ({detail})",
+        return ErrorResponse(error_body(f"We could not parse the JSON body of your request. ({detail})",
                                        code="invalid_json"), status_code=422)
     first = errors[0] if errors else {}
     param = _validation_param(first.get("loc", ()))
     message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}" if param else first.get("msg", "invalid request body")
-    return JSONResponse(error_body(message, param=param, code="invalid_value"), status_code=400)
+    return ErrorResponse(error_body(message, param=param, code="invalid_value"), status_code=400)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -63,7 +70,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OpenAIError)
     async def _openai_error(request: Request, exc: OpenAIError):
-        return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status)
+        return ErrorResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -76,12 +83,12 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             message = str(exc.detail)
         code = {413: "request_too_large", 405: "method_not_allowed", 404: "unknown_url"}.get(exc.status_code)
-        return JSONResponse(error_body(message, code=code), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return ErrorResponse(error_body(message, code=code), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body(f"The server had an error while processing your request ({type(exc).__name__}).",
+        return ErrorResponse(error_body(f"The server had an error while processing your request ({type(exc).__name__}).",
                                        type="server_error"), status_code=500)
 
 

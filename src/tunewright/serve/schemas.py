@@ -38,7 +38,7 @@ class _Sampling(_Body):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1)
     stop: Union[str, list[str], None] = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-2**63, le=2**63 - 1)  # what OpenAI and torch's generators accept
     n: int | None = Field(None, ge=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -101,6 +101,42 @@ def refuse_unsupported(body: _Body) -> None:
     for message in getattr(body, "messages", []) or []:
         if isinstance(message.content, list) and any(part.type != "text" for part in message.content):
             raise OpenAIError(400, "Only text content parts are supported.", param="messages", code="unsupported_parameter")
+
+
+def refuse_lone_surrogates(body: _Body) -> None:
+    """400 naming the first field whose text holds half a UTF-16 pair: JSON can escape one, no tokenizer can read it."""
+    path = _first_unencodable(body.model_dump(exclude_unset=True), "")
+    if path is not None:
+        raise OpenAIError(400, f"Invalid value for '{path}': the text holds a lone UTF-16 surrogate (e.g. \\ud800), "
+                          "which is not valid Unicode text.", param=path, code="invalid_value")
+
+
+def _first_unencodable(value: Any, path: str) -> str | None:
+    """OpenAI-style path (`messages[0].content`) of the first string, or dict key, that is not valid UTF-8 text."""
+    if isinstance(value, str):
+        return None if _encodable(value) else path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and not _encodable(key):
+                return path or "body"
+            found = _first_unencodable(item, where)
+            if found is not None:
+                return found
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _first_unencodable(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def plain_messages(body: ChatCompletionRequest) -> list[dict]:
