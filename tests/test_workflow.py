@@ -151,7 +151,7 @@ def test_quickstart_runs_the_whole_path_on_the_embedded_model(tmp_path):
     run = tmp_path / "quickstart"
     cmd = CLI + ["quickstart", "--output", str(run), "--steps", "2", "--set", "eval.limit=2",
                  "--set", "eval.max_new_tokens=8", "--set", "train.threads=1", "--set", "train.batch_size=4",
-                 "--set", "train.eval_every=100"]
+                 "--set", "data.validation_split=0.01"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "quickstart finished" in out.stderr
