@@ -7,7 +7,6 @@ the best weights whatever the evaluation and save cadence.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -175,7 +175,7 @@ def resume_checkpoint(run_dir: Path, report: bool | None = None) -> Path:
     for path in reversed(complete_checkpoints(run_dir)):
         problem = checkpoint_problem(path)
         if problem is None:
-            _report_skipped(run_dir, skipped, report)
+            _report_skipped(skipped, report)
             return path
         skipped.append((path, problem))
     raise _nothing_to_resume(run_dir, skipped)
@@ -184,21 +184,21 @@ def resume_checkpoint(run_dir: Path, report: bool | None = None) -> Path:
 def _nothing_to_resume(run_dir: Path, skipped: list[tuple[Path, str]]) -> UserError:
     if not skipped:
         return UserError(f"{run_dir}: no complete checkpoint to resume from", "run without --resume to start fresh")
-    reasons = "; ".join(f"{_name(run_dir, p)}: {why}" for p, why in skipped)
+    reasons = "; ".join(f"{_name(p)}: {why}" for p, why in skipped)
     return UserError(f"{run_dir}: no checkpoint can be resumed from ({reasons})",
                      "restore the checkpoint files from a backup, or start fresh in another --output")
 
 
-def _name(run_dir: Path, path: Path) -> str:
+def _name(path: Path) -> str:
     return f"checkpoints/{Path(path).name}"
 
 
-def _report_skipped(run_dir: Path, skipped: list[tuple[Path, str]], report: bool) -> None:
+def _report_skipped(skipped: list[tuple[Path, str]], report: bool) -> None:
     if not report:
         return
     console = Console(stderr=True, soft_wrap=True, highlight=False)
     for path, why in skipped:
-        console.print(f"[yellow]warning:[/] skipped {escape(_name(run_dir, path))}: {escape(why)}")
+        console.print(f"[yellow]warning:[/] skipped {escape(_name(path))}: {escape(why)}")
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
@@ -247,22 +247,13 @@ def load_resumable(run_dir: Path, start: Path, model, optimizer, scheduler, repo
         except CheckpointUnusable as e:
             skipped.append((path, str(e)))
             continue
-        _report_skipped(run_dir, skipped, report)
+        _report_skipped(skipped, report)
         return ck
     raise _nothing_to_resume(run_dir, skipped)
 
 
 def _step(path: Path) -> int:
     return int(Path(path).name.split("-")[1])
-
-
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore one checkpoint exactly; returns its trainer state."""
-    return restore_checkpoint(read_checkpoint(path), model, optimizer, scheduler)
-
-
-def load_trainable_weights(path: Path, model) -> None:
-    copy_weights(load_file(str(Path(path) / "trainable.safetensors")), model, path)
 
 
 def copy_weights(weights: dict[str, torch.Tensor], model, source: Path | str = "saved weights") -> None:
