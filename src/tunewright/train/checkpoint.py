@@ -5,7 +5,8 @@ every file) and a marker file, then renamed to `checkpoints/step-N`: a run kille
 leaves only a temporary folder that `--resume` ignores (and the next save removes). A file
 damaged later (a full disk, a bad copy) fails its checksum, and `--resume` falls back to the
 newest checkpoint that verifies. Checkpoints written before manifests existed are tried as they
-are: a load error falls back the same way.
+are: a load error falls back the same way. A write that fails (a full disk) removes the temporary
+folder and stops the run with one `WriteFailed` naming the last good checkpoint.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import json
 import os
 import random
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from rich.markup import escape
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
+from .writes import WriteFailed, os_error_of, remove_quietly, replace_folder
 
 MARKER = "COMPLETE"
 MANIFEST = "manifest.json"
@@ -67,27 +70,55 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, trainer_state: dict,
                     best_weights: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write checkpoints/step-N atomically, with a manifest; returns its path."""
+    """Write checkpoints/step-N atomically, with a manifest; returns its path.
+
+    A failed write (a full disk) removes the temporary folder and raises WriteFailed: the
+    checkpoints already there are untouched.
+    """
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = root / f".tmp-step-{step}"
-    tmp.mkdir()
+    tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
+    with stop_if_write_fails(run_dir, final, partial=tmp):
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+        _write_checkpoint_files(tmp, step, model, optimizer, scheduler, trainer_state, best_weights)
+        replace_folder(tmp, final)
+    _verified[_stats_key(final)] = None  # just hashed from disk by _write_manifest: rotation need not read it again
+    return final
+
+
+def _write_checkpoint_files(tmp: Path, step: int, model, optimizer, scheduler, trainer_state: dict,
+                            best_weights: dict[str, torch.Tensor] | None) -> None:
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     if best_weights is not None:
         save_file({k: v.contiguous() for k, v in best_weights.items()}, str(tmp / BEST))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "state.pt")
+    with open(tmp / "state.pt", "wb") as fh:  # an open file: a failed write keeps its errno (a path loses it)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}, fh)
     (tmp / "trainer_state.json").write_text(json.dumps({**trainer_state, "step": step}, indent=2))
     _write_manifest(tmp)
     _fsync_dir(tmp)
     (tmp / MARKER).write_text("ok")
-    final = root / f"step-{step}"
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _verified[_stats_key(final)] = None  # just hashed from disk by _write_manifest: rotation need not read it again
-    return final
+
+
+@contextmanager
+def stop_if_write_fails(run_dir: Path, path: Path, partial: Path | None = None):
+    """Turn a failed write of `path` (full disk, quota, I/O error) into one WriteFailed.
+
+    `partial`, the temporary file or folder being written, is removed first, so what is left
+    is exactly what was there before. Errors that are not about writing pass through unchanged.
+    """
+    try:
+        yield
+    except WriteFailed:
+        raise
+    except Exception as e:
+        if partial is not None:
+            remove_quietly(partial)
+        error = os_error_of(e)
+        if error is None:
+            raise
+        raise WriteFailed(path, error.errno, error.strerror or str(error), latest_checkpoint(run_dir)) from e
 
 
 def _write_manifest(folder: Path) -> None:

@@ -24,6 +24,7 @@ from .batching import MicroBatch, micro_batches, step_example_ids, steps_per_epo
 from .hparams import total_steps
 from .loss import select_trained_positions, token_loss_sum
 from .progress import TrainProgress, peak_memory_bytes
+from .writes import append_line, write_text_atomic
 
 
 TOTALS = ("trained_tokens", "real_tokens", "padded_tokens", "train_seconds")  # kept in checkpoints: summaries cover the whole run
@@ -251,8 +252,9 @@ def _save(run_dir, step, model, optimizer, scheduler, state, keep, accelerator, 
 
 
 def _append_metrics(path: Path, row: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+    """One whole line or none: a full disk stops the run with one message, not a half line."""
+    with ckpt.stop_if_write_fails(path.parent, path):
+        append_line(path, json.dumps(row))
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -262,9 +264,12 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """
     if not path.is_file():
         return
-    rows = [(line, _parse_row(line)) for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
-    keep = [line for line, row in rows if row is not None and row.get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    before = path.read_text(encoding="utf-8", errors="replace")
+    rows = [(line, _parse_row(line)) for line in before.splitlines()]
+    after = "".join(line + "\n" for line, row in rows if row is not None and row.get("step", 0) <= step)
+    if after != before:  # rewritten whole or not at all: a resume on a still-full disk loses no line
+        with ckpt.stop_if_write_fails(path.parent, path):
+            write_text_atomic(path, after)
 
 
 def _parse_row(line: str) -> dict | None:

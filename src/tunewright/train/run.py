@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from ..config import RunConfig, save_config
+from ..config import RunConfig, to_yaml
 from ..data.templates import CHATML_TEMPLATE
 from ..errors import UserError
 from ..models import load_model, load_tokenizer, local_model_dir
@@ -22,6 +22,7 @@ from .loop import run_training
 from .methods import apply_method, check_method_available, count_parameters, is_adapter_method, quantization_config
 from .summary import already_finished, build_summary, plot_loss_curve, print_summary
 from .trackers import check_trackers_installed, tracker_hparams
+from .writes import remove_quietly, replace_folder, write_text_atomic
 
 
 @dataclass
@@ -136,9 +137,9 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
             model.enable_input_require_grads()
     params = count_parameters(model)
     if accelerator.is_main_process:
-        save_config(cfg, run_dir / "config.yaml")
-        (run_dir / "data_report.json").write_text(json.dumps(data.report, indent=2))
-        (run_dir / "environment.json").write_text(json.dumps(environment_info(), indent=2))
+        _write_file(run_dir, "config.yaml", to_yaml(cfg))  # a resume rewrites it: never leave it half written
+        _write_file(run_dir, "data_report.json", json.dumps(data.report, indent=2))
+        _write_file(run_dir, "environment.json", json.dumps(environment_info(), indent=2))
     if cfg.train.report_to:
         accelerator.init_trackers("tunewright", config=tracker_hparams(cfg))
 
@@ -150,8 +151,9 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
         outputs = save_result(model, tokenizer, cfg, run_dir, model_dir)
     summary = build_summary(result, time.perf_counter() - started, params, cfg)
     if accelerator.is_main_process:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
+        _write_file(run_dir, "summary.json", json.dumps(summary, indent=2))
+        with ckpt.stop_if_write_fails(run_dir, run_dir / "loss_curve.png"):
+            plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
         print_summary(summary, run_dir)
     model.eval()
     return RunResult(run_dir, cfg, summary, outputs=outputs, model=model, tokenizer=tokenizer,
@@ -172,18 +174,33 @@ def _quant_kwargs(cfg: RunConfig, device_index: int) -> dict:
     return {"quantization_config": q, "device_map": {"": device_index}} if q is not None else {}
 
 
+def _write_file(run_dir: Path, name: str, text: str) -> None:
+    """A run file, whole or not at all; a full disk stops the run with one message."""
+    with ckpt.stop_if_write_fails(run_dir, run_dir / name):
+        write_text_atomic(run_dir / name, text)
+
+
 def save_result(model, tokenizer, cfg: RunConfig, run_dir: Path, base_dir: str) -> dict:
-    """adapter/ for LoRA-family methods (stock PEFT loads it), model/ for full and freeze."""
-    if is_adapter_method(cfg.method):
-        out = run_dir / "adapter"
-        model.save_pretrained(out)
-        _point_adapter_at_base(out, base_dir)
-        (out / "tunewright.json").write_text(json.dumps({"base_model": cfg.model, "base_model_dir": base_dir, "method": cfg.method}, indent=2))
-    else:
-        out = run_dir / "model"
-        model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    """adapter/ for LoRA-family methods (stock PEFT loads it), model/ for full and freeze.
+
+    Written into a temporary folder, then renamed: a full disk never leaves a half adapter/
+    that PEFT would load half of, and never replaces a good one with a broken one.
+    """
+    out = run_dir / ("adapter" if is_adapter_method(cfg.method) else "model")
+    tmp = run_dir / f".tmp-{out.name}"
+    with ckpt.stop_if_write_fails(run_dir, out, partial=tmp):
+        remove_quietly(tmp)  # what a run killed while writing it left
+        _write_weights(model, tokenizer, cfg, tmp, base_dir)
+        replace_folder(tmp, out)
     return {"weights": str(out)}
+
+
+def _write_weights(model, tokenizer, cfg: RunConfig, folder: Path, base_dir: str) -> None:
+    model.save_pretrained(folder)
+    if is_adapter_method(cfg.method):
+        _point_adapter_at_base(folder, base_dir)
+        (folder / "tunewright.json").write_text(json.dumps({"base_model": cfg.model, "base_model_dir": base_dir, "method": cfg.method}, indent=2))
+    tokenizer.save_pretrained(folder)
 
 
 def _point_adapter_at_base(adapter_dir: Path, base_dir: str) -> None:
