@@ -10,7 +10,7 @@ from conftest import build_tiny_model, build_tokenizer
 from tunewright.data.conversation import Conversation, Message
 from tunewright.data.templates import tokenize_conversation
 from tunewright.models import ensure_pad_token
-from tunewright.train.batching import collate, micro_batches, pack_rows, step_example_ids
+from tunewright.train.batching import collate, idle_micro_batch, micro_batches, pack_rows, process_share, step_example_ids
 from tunewright.train.loop import TokenLoss
 
 
@@ -119,3 +119,26 @@ def test_packed_rows_are_balanced_so_little_is_padding(tok_model):
     padded = sum(m.padded_tokens for m in mbs)
     assert sum(m.real_tokens for m in mbs) == total
     assert padded - total < 0.06 * padded, f"pad share {(padded - total) / padded:.0%}"
+
+
+def test_process_shares_split_a_step_and_can_be_empty():
+    _, ids = step_example_ids(9, 8, seed=0, step=1)  # 9 examples, batch 8: the second step holds one
+    shares = [process_share(ids, rank, 2) for rank in range(2)]
+    assert sorted(shares[0] + shares[1]) == sorted(ids) and len(ids) == 1
+    assert [] in shares, "with fewer examples than processes some process gets none"
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_idle_micro_batch_reaches_every_parameter_with_zero_gradient(tok_model, chunked):
+    # DDP all-reduces each parameter's gradient once its hook fires: a process with no examples must
+    # still produce a gradient for every parameter (or the others wait forever), and it must be zero
+    tok, model = tok_model
+    model = copy.deepcopy(model).train()
+    mb = idle_micro_batch(tok.pad_token_id)
+    assert mb.trained_tokens == 0 and mb.real_tokens == 0
+    loss = TokenLoss(model, chunked=chunked)(mb.input_ids, mb.position_ids, mb.labels)
+    loss.backward()
+    assert loss.item() == 0.0
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient: DDP would wait for it"
+        assert not p.grad.any(), name

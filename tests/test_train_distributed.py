@@ -1,14 +1,24 @@
-"""The distributed path: the same `train` command under torchrun, two CPU processes on gloo."""
+"""The distributed path: the same `train` command under torchrun, two CPU processes on gloo.
+
+Every run here pins `train.precision=fp32`: `auto` resolves to bf16 on CPUs with avx512_bf16 or
+amx_bf16, and bf16 rounding (about 1e-2 on these adapters) is far above the 1e-5 tolerance that
+proves one process and two compute the same maths. The bf16 path has its own test,
+tests/test_train_bf16.py, with a tolerance stated for bf16.
+"""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import write_jsonl
+
+TORCHRUN_TIMEOUT_S = 300  # a hang in a collective fails the test instead of blocking the suite
 
 
 def _rows(n):
@@ -25,22 +35,64 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_processes_give_the_same_adapter_as_one_process(tiny_model_dir, tmp_path):
+def _train_args(model_dir: Path, data: Path, max_steps: int) -> list[str]:
+    return ["-m", "tunewright.cli", "train", "--model", str(model_dir), "--data", str(data),
+            "--set", f"train.max_steps={max_steps}", "--set", "train.batch_size=8", "--set", "train.learning_rate=1e-2",
+            "--set", "lora.dropout=0", "--set", "train.threads=1", "--set", "eval.after_train=false",
+            "--set", "train.precision=fp32"]
+
+
+def _run_bounded(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run `cmd`; on timeout kill it and every descendant, then fail.
+
+    torchrun starts each worker in a session of its own, so killing torchrun's process group would
+    leave hung workers behind (holding our pipes open): psutil finds them by ancestry instead.
+    """
+    import psutil
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        family = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
+        for p in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(family, timeout=30)
+        out, err = proc.communicate()
+        pytest.fail(f"{cmd[0]} did not finish in {timeout}s (a rank waiting in a collective?)\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _one_and_two_processes(model_dir: Path, data: Path, max_steps: int, tmp_path: Path) -> tuple[dict, dict]:
+    """Adapter tensors from one process and from two gloo processes under torchrun."""
     from safetensors.torch import load_file
 
-    data = write_jsonl(tmp_path / "train.jsonl", _rows(32))
-    args = ["-m", "tunewright.cli", "train", "--model", str(tiny_model_dir), "--data", str(data),
-            "--set", "train.max_steps=4", "--set", "train.batch_size=8", "--set", "train.learning_rate=1e-2",
-            "--set", "lora.dropout=0", "--set", "train.threads=1", "--set", "eval.after_train=false"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, *args, "--output", str(tmp_path / "one")], capture_output=True, text=True, env=env)
+    args = _train_args(model_dir, data, max_steps)
+    single = _run_bounded([sys.executable, *args, "--output", str(tmp_path / "one")], TORCHRUN_TIMEOUT_S)
     assert single.returncode == 0, single.stderr[-2000:]
     torchrun = Path(sys.executable).with_name("torchrun")
-    multi = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()), *args, "--output", str(tmp_path / "two")],
-                           capture_output=True, text=True, env=env, timeout=300)
+    multi = _run_bounded([str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()), *args,
+                          "--output", str(tmp_path / "two")], TORCHRUN_TIMEOUT_S)
     assert multi.returncode == 0, multi.stderr[-3000:]
-    a = load_file(str(tmp_path / "one" / "adapter" / "adapter_model.safetensors"))
-    b = load_file(str(tmp_path / "two" / "adapter" / "adapter_model.safetensors"))
+    return (load_file(str(tmp_path / "one" / "adapter" / "adapter_model.safetensors")),
+            load_file(str(tmp_path / "two" / "adapter" / "adapter_model.safetensors")))
+
+
+def _assert_same_adapter(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
     assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k), "training moved the adapter"
+
+
+def test_two_gloo_processes_give_the_same_adapter_as_one_process(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "train.jsonl", _rows(32))
+    _assert_same_adapter(*_one_and_two_processes(tiny_model_dir, data, 4, tmp_path))
+
+
+def test_a_step_with_fewer_examples_than_processes_neither_hangs_nor_changes_the_maths(tiny_model_dir, tmp_path):
+    # 9 examples, batch 8: step 2 holds one example, so rank 1 has none for that step
+    data = write_jsonl(tmp_path / "train.jsonl", _rows(9))
+    _assert_same_adapter(*_one_and_two_processes(tiny_model_dir, data, 2, tmp_path))

@@ -46,6 +46,20 @@ def step_example_ids(n_examples: int, batch_size: int, seed: int, step: int) -> 
     return epoch, order[k * batch_size:(k + 1) * batch_size]
 
 
+def process_share(ids: list[int], rank: int, world: int) -> list[int]:
+    """The examples of one optimizer step that process `rank` of `world` trains on (may be none)."""
+    return ids[rank::world]
+
+
+def idle_micro_batch(pad_id: int) -> MicroBatch:
+    """One pad token that trains nothing: the pass a process runs when its share of a step is empty.
+
+    Under DDP every process takes part in each gradient all-reduce; one that skipped backward would
+    leave the others waiting in it forever. This pass reaches every parameter and adds exactly zero.
+    """
+    return MicroBatch(torch.tensor([[pad_id]]), torch.tensor([[-100]]), torch.tensor([[0]]), real_tokens=0, trained_tokens=0)
+
+
 def pack_rows(examples: list[TokenizedExample], row_len: int) -> list[list[TokenizedExample]]:
     """Pack examples into as few rows of at most `row_len` tokens as fit, with rows of similar length.
 

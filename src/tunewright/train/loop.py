@@ -20,7 +20,7 @@ from ..config import RunConfig
 from ..data.templates import TokenizedExample
 from ..errors import UserError
 from . import checkpoint as ckpt
-from .batching import MicroBatch, micro_batches, step_example_ids, steps_per_epoch
+from .batching import MicroBatch, idle_micro_batch, micro_batches, process_share, step_example_ids, steps_per_epoch
 from .hparams import total_steps
 from .loss import select_trained_positions, token_loss_sum
 from .progress import TrainProgress, peak_memory_bytes
@@ -149,7 +149,9 @@ def run_training(model, train: list[TokenizedExample], validation: list[Tokenize
         for step in range(state["step"], total):
             started = time.perf_counter()
             epoch, ids = step_example_ids(len(train), int(t.batch_size), t.seed, step)
-            mbs = _batches([train[i] for i in ids[rank::world]], cfg, pad_id)
+            # a process whose share is empty (a last step smaller than the world) still runs one zero-weight
+            # pass: DDP's gradient all-reduce waits for every process
+            mbs = _batches([train[i] for i in process_share(ids, rank, world)], cfg, pad_id) or [idle_micro_batch(pad_id)]
             step_trained = _global_sum(accelerator, sum(mb.trained_tokens for mb in mbs))
             loss_sum = torch.zeros((), device=device)
             for k, mb in enumerate(mbs):
