@@ -2,7 +2,8 @@
 
 Tests that compare numbers exactly pin `train.precision=fp32` (on CPUs with avx512_bf16/amx_bf16
 `auto` means bf16, whose rounding is far above their tolerances); this one runs bf16 explicitly,
-where the processor has it, and states the tolerance bf16 is held to.
+where the processor has it, and states the tolerance bf16 is held to. Both runs share one process,
+so this also proves a second `train()` may change precision (accelerate's process-wide state refused).
 """
 from __future__ import annotations
 
