@@ -235,6 +235,25 @@ def test_non_streaming_client_that_gives_up_frees_its_slot(client, server):
     assert chat(client, "run-a", "still there?", max_tokens=4).usage.completion_tokens >= 1
 
 
+def test_streaming_client_that_disconnects_frees_its_slot(client, server):
+    """Closing a stream after the first chunks cancels the rest of the generation."""
+    body = {"model": "run-a", "messages": [{"role": "user", "content": "Write a very long story."}],
+            "max_tokens": 900, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, headers=AUTH, timeout=30) as response:
+        assert response.status_code == 200
+        chunks = 0
+        for line in response.iter_lines():
+            chunks += line.startswith("data: ")
+            if chunks >= 3:
+                break
+    gave_up = time.monotonic()
+    while httpx.get(f"{server}/health").json()["running"] and time.monotonic() - gave_up < 3:
+        time.sleep(0.05)
+    health = httpx.get(f"{server}/health").json()
+    assert health["running"] == 0 and health["queued"] == 0, f"still generating {time.monotonic() - gave_up:.1f}s later"
+    assert chat(client, "run-a", "still there?", max_tokens=4).usage.completion_tokens >= 1
+
+
 def test_prompt_longer_than_context_is_400(client):
     with pytest.raises(openai.BadRequestError) as err:
         chat(client, "run-a", "word " * 2000)
