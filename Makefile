@@ -2,8 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+LLAMA_VENV := .venv-llama
+LLAMA_CPP := llama-cpp-python==0.3.36
 
-.PHONY: setup browser test quickstart bench clean
+.PHONY: setup browser llama test quickstart bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,7 +23,17 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
 	  echo "chromium not installed: the report browser test will be skipped"
 
-test: setup browser
+llama:
+	@# real llama.cpp for tests/test_llamacpp.py, in its own venv. pip builds it from source the first time
+	@# (~10 min on 2 cores, system cmake + gcc) and installs it from its wheel cache in seconds after that.
+	@# This target never fails: where it cannot build, the llama.cpp tests are skipped with the reason.
+	@if { test -x $(LLAMA_VENV)/bin/python || python3 -m venv $(LLAMA_VENV); } && echo '*' > $(LLAMA_VENV)/.gitignore \
+	  && echo "llama.cpp: installing $(LLAMA_CPP) into $(LLAMA_VENV) (a source build takes ~10 min the first time; log $(LLAMA_VENV)/build.log)" \
+	  && $(LLAMA_VENV)/bin/python -m pip install $(LLAMA_CPP) > $(LLAMA_VENV)/build.log 2>&1; then \
+	  echo "llama.cpp: $(LLAMA_VENV) ready"; \
+	else echo "llama.cpp: $(LLAMA_VENV) could not be built (see $(LLAMA_VENV)/build.log): tests/test_llamacpp.py will be skipped"; fi
+
+test: setup browser llama
 	$(PY) -m pytest -q
 
 quickstart: setup
@@ -37,4 +49,4 @@ bench:
 	.venv-bench/bin/tunewright bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LLAMA_VENV) runs .pytest_cache
