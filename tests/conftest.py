@@ -126,3 +126,19 @@ def chat_rows() -> list[dict]:
             {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
         ]})
     return rows
+
+
+@pytest.fixture(scope="session", params=__import__("families").FAMILIES)
+def family_dir(request, tmp_path_factory) -> Path:
+    """A saved tiny model folder of each supported family (tests/families.py); the test id is the family name."""
+    from families import save_family
+
+    return save_family(tmp_path_factory.mktemp(f"family-{request.param}"), request.param)
+
+
+@pytest.fixture(scope="session", params=__import__("families").FAMILIES)
+def family_tokenizer(request):
+    """(family name, a fresh tokenizer of that family) for every supported family."""
+    from families import build_family_tokenizer
+
+    return request.param, build_family_tokenizer(request.param)
