@@ -175,7 +175,7 @@ def test_gguf_refuses_unsupported_architecture(tmp_path, tiny_model_dir):
     folder = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    with pytest.raises(UserError, match="supported: llama, mistral"):
+    with pytest.raises(UserError, match="supported: gemma2, gemma3_text, llama, mistral, phi3, qwen2, qwen3"):
         export(str(folder), fmt="gguf", quant="f16", output=str(tmp_path / "out"))
 
 
