@@ -1,19 +1,27 @@
 """Render conversations with the tokenizer's own chat template and mark the trained tokens.
 
-The mask comes from rendering the conversation prefix by prefix: the tokens that appear when an
-assistant turn is appended are that turn (header excluded via the generation prompt), so it works
-for any template without marker strings or `{% generation %}` tags (most templates have none).
+The whole conversation is rendered once, and each assistant turn's trained span is found in that one rendering:
+it starts where the template's own generation prompt for that turn ends (when the template renders the earlier
+turns the same way with and without what follows) or else where the answer's text begins, runs through the answer's
+text, and ends with the end-of-turn token the template writes after it. Rendering prefixes alone is not enough:
+Qwen3 drops past turns' reasoning and gives only the last turn a `<think>` block, and Mistral v0.3 moves the system
+message into the last user turn, so a prefix renders differently from the same turns inside the full conversation
+(TRL's all-zero assistant masks for such templates come from exactly this). Templates without a system role
+(Gemma 2) get the system text folded into the first user turn, as Gemma 3's own template does.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UserError
 from .conversation import Conversation
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# turn closers written by the chat templates of the families we support, besides the tokenizer's EOS
+END_OF_TURN_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>", "<|endoftext|>")
 
 
 @dataclass
@@ -27,8 +35,30 @@ class TokenizedExample:
         return sum(1 for x in self.labels if x != -100)
 
 
-def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False, **template_kwargs) -> str:
+    """The chat template's text; a system message it refuses goes into the first user turn instead."""
+    from jinja2 import TemplateError
+
+    try:
+        return _apply(tokenizer, messages, add_generation_prompt, template_kwargs)
+    except TemplateError:
+        folded = fold_system_into_first_user(messages)
+        if folded is messages:
+            raise
+        return _apply(tokenizer, folded, add_generation_prompt, template_kwargs)
+
+
+def _apply(tokenizer, messages: list[dict], add_generation_prompt: bool, template_kwargs: dict) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **template_kwargs)
+
+
+def fold_system_into_first_user(messages: list[dict]) -> list[dict]:
+    """Gemma 3's rule for a model without a system role: system text, a blank line, then the first user text."""
+    if len(messages) < 2 or messages[0]["role"] != "system" or messages[1]["role"] != "user":
+        return messages
+    first = {**messages[1], "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}
+    return [first, *messages[2:]]
 
 
 def encode_rendered(tokenizer, text: str) -> list[int]:
@@ -40,14 +70,6 @@ def encode_rendered(tokenizer, text: str) -> list[int]:
     return ids
 
 
-def _common_prefix_len(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 def tokenize_conversation(tokenizer, conv: Conversation, train_on: str = "assistant") -> TokenizedExample:
     """Token ids of the whole rendered conversation and labels that train only the chosen tokens."""
     if conv.is_text:
@@ -56,51 +78,98 @@ def tokenize_conversation(tokenizer, conv: Conversation, train_on: str = "assist
             ids = ids + [tokenizer.eos_token_id]
         return TokenizedExample(ids, list(ids))
     msgs = [{"role": m.role, "content": m.content} for m in conv.messages]
-    full_ids = encode_rendered(tokenizer, render(tokenizer, msgs))
+    full = render(tokenizer, msgs)
     if train_on == "all":
-        return TokenizedExample(full_ids, list(full_ids))
-    labels = [-100] * len(full_ids)
-    for i, m in enumerate(conv.messages):
-        trains = m.train if m.train is not None else m.role == "assistant"
-        if m.role != "assistant" or not trains:
-            continue
-        # tokens of turn i = render(prefix + turn i) minus render(prefix, generation prompt)
-        before = encode_rendered(tokenizer, render(tokenizer, msgs[:i], add_generation_prompt=True)) if i else []
-        upto = encode_rendered(tokenizer, render(tokenizer, msgs[: i + 1]))
-        start = _common_prefix_len(before, full_ids)
-        end = _common_prefix_len(upto, full_ids)
-        end = _extend_through_end_of_turn(tokenizer, full_ids, end)
-        for j in range(start, end):
-            labels[j] = full_ids[j]
-    return TokenizedExample(full_ids, labels)
-
-
-def _extend_through_end_of_turn(tokenizer, ids: list[int], end: int) -> int:
-    """Make sure the end-of-turn token right after an answer is trained, so the model learns to stop.
-
-    Some templates (Llama 3, ChatML) already end the rendered turn with it; a few render the last
-    turn without its closer. Trailing newlines after the closer are not trained.
-    """
+        ids = encode_rendered(tokenizer, full)
+        return TokenizedExample(ids, list(ids))
+    trained = [span for i, span in enumerate(assistant_char_spans(tokenizer, msgs, full)) if _trains(conv, i)]
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [-100] * len(ids)
     eot_ids = end_of_turn_ids(tokenizer)
-    if end > 0 and ids[end - 1] in eot_ids:
-        return end
-    # the closer may sit a token or two before `end` (e.g. "<|im_end|>\n"): trim the trailing whitespace
-    for back in range(1, 3):
-        if end - back >= 0 and ids[end - back] in eot_ids:
-            return end - back + 1
-    if end < len(ids) and ids[end] in eot_ids:
-        return end + 1
-    return end
+    for start, end in (s for s in trained if s is not None):
+        covered = [j for j, (a, b) in enumerate(offsets) if a < end and b > start and b > a]
+        if not covered:
+            continue
+        last = covered[-1]
+        if last + 1 < len(ids) and ids[last + 1] in eot_ids:  # the turn's closer: the model must learn to stop
+            covered.append(last + 1)
+        for j in covered:
+            labels[j] = ids[j]
+    return TokenizedExample(ids, labels)
+
+
+def _trains(conv: Conversation, i: int) -> bool:
+    m = conv.messages[i]
+    return m.role == "assistant" and (m.train if m.train is not None else True)
+
+
+def assistant_char_spans(tokenizer, msgs: list[dict], full: str) -> list[tuple[int, int] | None]:
+    """Per message, the characters of `full` an assistant turn is trained on (None for other roles).
+
+    The span ends where the answer's text ends (the end-of-turn token is added after tokenizing). It starts at
+    the end of the turn's generation prompt when the full rendering begins with that prompt, so whatever the
+    template writes as part of the answer (a reasoning block) is trained too; Qwen3's empty `<think>` block,
+    which its non-thinking generation prompt already holds, is not. Otherwise it starts at the answer's text.
+    """
+    spans: list[tuple[int, int] | None] = []
+    cursor = 0
+    for i, m in enumerate(msgs):
+        if m["role"] == "system" and i == 0:
+            spans.append(None)
+            continue
+        is_answer = m["role"] == "assistant"
+        prompt_end = _generation_prompt_end(tokenizer, msgs[:i], full) if is_answer else None
+        found = _find_content(full, m["content"], cursor if prompt_end is None else max(cursor, prompt_end))
+        if found is None:
+            if not is_answer:
+                spans.append(None)  # a template may drop or rewrite other roles; that is its business
+                continue
+            raise UserError(
+                f"the model's chat template does not write assistant message {i + 1} ({m['content'][:40]!r}) as given,"
+                " so the tokens to train cannot be found",
+                "use a chat template that writes each assistant answer verbatim, or set data.train_on: all")
+        pos, end = found
+        cursor = end
+        spans.append((pos if prompt_end is None else prompt_end, end) if is_answer else None)
+    return spans
+
+
+def _find_content(full: str, content: str, cursor: int) -> tuple[int, int] | None:
+    """Where the message's text sits in the rendering: verbatim, trimmed (most templates trim), or its answer part."""
+    candidates = [content, content.strip()]
+    if "</think>" in content:  # Qwen3 renders past turns without their reasoning
+        candidates.append(content.split("</think>")[-1].strip())
+    for text in candidates:
+        if text:
+            pos = full.find(text, cursor)
+            if pos >= 0:
+                return pos, pos + len(text)
+    return None
+
+
+def _generation_prompt_end(tokenizer, before: list[dict], full: str) -> int | None:
+    """Where the template's prompt for this turn ends in `full`, if `full` begins with it (else None)."""
+    if not before:
+        return None
+    for kwargs in ({"enable_thinking": False}, {}):  # Qwen3's non-thinking prompt ends after an empty think block
+        try:
+            prompt = render(tokenizer, before, add_generation_prompt=True, **kwargs)
+        except Exception:  # a template that rejects a partial conversation: locate by the answer's text instead
+            return None
+        if full.startswith(prompt):
+            return len(prompt)
+    return None
 
 
 def end_of_turn_ids(tokenizer) -> set[int]:
-    """Token ids that close an assistant turn: EOS plus the template's end-of-turn markers."""
+    """Token ids that close an assistant turn (generation and GGUF stop tokens): EOS plus the family markers."""
     ids = set()
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
-    for tok in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>", "<|endoftext|>"):
+    unk = getattr(tokenizer, "unk_token_id", None)
+    for tok in END_OF_TURN_MARKERS:
         tid = tokenizer.convert_tokens_to_ids(tok)
-        unk = getattr(tokenizer, "unk_token_id", None)
         if isinstance(tid, int) and tid >= 0 and tid != unk:
             ids.add(tid)
     return ids
