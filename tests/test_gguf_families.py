@@ -212,6 +212,18 @@ def test_phi3_longrope_factors(tokenizer, tmp_path):
     assert fields["phi3.rope.scaling.attn_factor"] == pytest.approx(math.sqrt(1 + math.log(4) / math.log(256)))
 
 
+def test_qwen2_yarn_rope_scaling_keys(tokenizer, tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256})
+    fields, _ = read_gguf(export(Qwen2ForCausalLM(config), tokenizer, tmp_path, "qwen2", "f16"))
+    assert fields["qwen2.rope.scaling.type"] == "yarn"
+    assert fields["qwen2.rope.scaling.factor"] == pytest.approx(4.0)
+    assert fields["qwen2.rope.scaling.original_context_length"] == 256
+
+
 def test_llama3_rope_freqs_match_transformers(family_models, tokenizer, tmp_path):
     """rope_freqs.weight = default inverse frequencies / Llama 3-scaled ones, as transformers computes them."""
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
