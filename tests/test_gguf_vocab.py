@@ -178,3 +178,26 @@ def test_modelfile_stops_at_the_family_end_of_turn(name):
     assert f'PARAMETER stop "{FAMILY_SPECS[name].end_of_turn}"' in text
     if name in ("smollm2", "qwen2"):
         assert 'SYSTEM """' in text  # the template's default system prompt, used when a chat has none
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_llamacpp_tokenizes_like_the_original(name, tmp_path):
+    """Real llama.cpp, on the full f16 export of a tiny model of the family, splits every test text as HF does."""
+    from families import build_family_model
+    from llamacpp import require_llama, run_llama
+
+    from tunewright.export.gguf import write_gguf
+
+    require_llama()
+    tokenizer = reference_tokenizer(name)
+    path = tmp_path / f"{name}.gguf"
+    # general.name without "phi3": llama.cpp strips whitespace after Phi-3's special tokens when the model's NAME
+    # says phi3 (llama-vocab.cpp), which this fixture's tokenizer (no rstrip) does not do
+    write_gguf(build_family_model(name, tokenizer), tokenizer, path, "f16", name="tiny-model")
+    texts = [t for t in family_texts(tokenizer, name) if t]
+    answer = run_llama({"gguf": str(path), "tokenize": texts, "n_ctx": 256})
+    for text, got, got_plain in zip(texts, answer["tokens"], answer["tokens_plain"]):
+        assert got == tokenizer(text)["input_ids"], (name, text, tokenizer.convert_ids_to_tokens(got))
+        assert got_plain == tokenizer(text, add_special_tokens=False)["input_ids"], (name, text)
+    eot = tokenizer.convert_tokens_to_ids(FAMILY_SPECS[name].end_of_turn)
+    assert answer["eot_id"] == eot or (eot == tokenizer.eos_token_id and answer["eos_id"] == eot)
