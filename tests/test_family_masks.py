@@ -97,10 +97,55 @@ def test_qwen3_reasoning_of_the_last_turn_is_trained_past_reasoning_is_not_rende
                                       "<think>\nbe kind\n</think>\n\nhello world to you<|im_end|>"]
 
 
-def test_end_of_turn_ids_hold_each_family_stop_token(family_tokenizer):
+# every id a family's model may close a turn with (its generation_config's eos list); generation and GGUF stop here
+STOP_TOKENS = {
+    "smollm2": {"<|im_end|>"}, "llama3": {"<|eot_id|>", "<|end_of_text|>"}, "mistral": {"</s>"},
+    "qwen2": {"<|im_end|>", "<|endoftext|>"}, "qwen3": {"<|im_end|>", "<|endoftext|>"},
+    "gemma2": {"<end_of_turn>", "<eos>"}, "gemma3": {"<end_of_turn>", "<eos>"},
+    "phi3": {"<|end|>", "<|endoftext|>", "</s>"},
+}
+
+
+def test_end_of_turn_ids_are_each_family_stop_tokens(family_tokenizer):
     from tunewright.data.templates import end_of_turn_ids
 
     name, tok = family_tokenizer
-    eot = tok.convert_tokens_to_ids(FAMILY_SPECS[name].end_of_turn)
-    assert eot in end_of_turn_ids(tok)
-    assert tok.eos_token_id in end_of_turn_ids(tok)
+    assert {tok.convert_ids_to_tokens(i) for i in end_of_turn_ids(tok)} == STOP_TOKENS[name]
+    assert FAMILY_SPECS[name].end_of_turn in STOP_TOKENS[name]
+
+
+def test_weight_zero_answer_is_not_trained(family_tokenizer):
+    from tunewright.data import Conversation, Message
+    from tunewright.data.templates import tokenize_conversation
+
+    name, tok = family_tokenizer
+    msgs = list(conversation().messages)
+    msgs[2] = Message("assistant", msgs[2].content, train=False)
+    ex = tokenize_conversation(tok, Conversation(tuple(msgs)))
+    assert trained_texts(tok, ex) == [EXCHANGES[1][1] + FAMILY_SPECS[name].end_of_turn], name
+
+
+def test_generation_prompt_with_a_system_message_matches_training(family_tokenizer):
+    """Chat and serve build prompts the way training rendered them, system message included (Gemma 2 too)."""
+    from tunewright.data import Conversation
+    from tunewright.data.templates import generation_prompt_ids, tokenize_conversation
+
+    name, tok = family_tokenizer
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": EXCHANGES[0][0]}]
+    prompt = generation_prompt_ids(tok, messages)
+    assert SYSTEM in tok.decode(prompt), name
+    first_turn = Conversation(conversation().messages[:3])
+    assert tokenize_conversation(tok, first_turn).input_ids[:len(prompt)] == prompt, name
+
+
+def test_template_that_rewrites_the_answer_is_one_clear_error():
+    from families import build_family_tokenizer
+
+    from tunewright.data.templates import tokenize_conversation
+    from tunewright.errors import UserError
+
+    tok = build_family_tokenizer("qwen2")
+    tok.chat_template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | upper }}<|im_end|>\n{% endfor %}"
+    with pytest.raises(UserError, match="assistant message 3") as err:
+        tokenize_conversation(tok, conversation())
+    assert "train_on: all" in err.value.fix
