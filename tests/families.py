@@ -366,10 +366,12 @@ def _build_sentencepiece(name: str, spec: FamilySpec, workdir: Path):
 @lru_cache(maxsize=None)
 def _cached_tokenizer_dir(name: str) -> Path:
     """Build each family's tokenizer once per process and keep it on disk; callers load fresh copies."""
+    import atexit
     import tempfile
 
     spec = FAMILY_SPECS[name]
     out = Path(tempfile.mkdtemp(prefix=f"tw-tok-{name}-"))
+    atexit.register(shutil.rmtree, out, True)
     if spec.tokenizer_kind == "bpe":
         tok = _build_bpe(name, spec)
     else:
