@@ -106,9 +106,11 @@ def _materialize_gguf(gguf_path: Path) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .gguf_config import gguf_config
+
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=gguf_config(gguf_path))
     # transformers marks GGUF-loaded models as quantized although every weight is a plain float now
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -76,10 +76,22 @@ def _with_lora(model, cfg: RunConfig):
     try:
         model = get_peft_model(model, lora)
     except ValueError as e:
-        raise UserError(f"lora.target_modules: {e}", "use all-linear or names of linear layers in this model") from None
+        names = ", ".join(linear_layer_names(model))
+        raise UserError(f"lora.target_modules: {e}", f"use all-linear or some of this model's linear layers: {names}") from None
     if next(model.parameters()).device.type == "cpu":
         use_fast_lora_dropout(model)  # +10-20% on CPU, same masks in distribution (docs/performance.md)
     return model
+
+
+def linear_layer_names(model) -> list[str]:
+    """The distinct names of the model's linear layers LoRA can wrap, LM head excluded.
+
+    Architectures differ here (Phi-3 fuses q/k/v into `qkv_proj` and gate/up into `gate_up_proj`),
+    so a target list written for Llama fails on them: the error shows the names that do exist.
+    """
+    head = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and module is not head})
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
