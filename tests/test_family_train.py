@@ -215,3 +215,42 @@ def test_llama3_rope_is_recovered_from_the_gguf_rope_freqs():
     assert plain.rope_parameters["low_freq_factor"] == pytest.approx(1.0) and plain.rope_parameters["high_freq_factor"] == pytest.approx(4.0)
     repaired, _ = ROPE_INIT_FUNCTIONS["llama3"](plain, "cpu")
     np.testing.assert_allclose(repaired.numpy(), scaled.numpy(), rtol=1e-5)
+
+
+ROPE_SCALINGS = {  # family: (rope_parameters to set, other config fields)
+    "smollm2": ({"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0}, {}),
+    "qwen2": ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256, "rope_theta": 1e6}, {}),
+    "gemma3": ({"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}}, {}),
+    "phi3": ({"rope_type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(8)], "rope_theta": 10000.0,
+              "long_factor": [2.0 + 0.3 * i for i in range(8)], "original_max_position_embeddings": 256,
+              "partial_rotary_factor": 1.0},
+             {"original_max_position_embeddings": 256}),
+}
+
+
+@pytest.mark.parametrize("family", sorted(ROPE_SCALINGS))
+def test_rope_scaling_survives_training_from_gguf(family, tmp_path):
+    """transformers' GGUF loader reads no rope.scaling keys (nor Phi-3's long/short factor tensors): the base
+    tunewright trains from a .gguf must still be the exported model, before and after the original context."""
+    from families import build_family_model, build_family_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from tunewright.export import export
+    from tunewright.models import local_model_dir
+
+    tokenizer = build_family_tokenizer(family)
+    config = build_family_model(family, tokenizer).config
+    rope, fields = ROPE_SCALINGS[family]
+    config.rope_parameters = rope
+    for name, value in fields.items():
+        setattr(config, name, value)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.save_pretrained(tmp_path / "hf")
+    tokenizer.save_pretrained(tmp_path / "hf")
+    gguf = export(str(tmp_path / "hf"), fmt="gguf", quant="f32", output=str(tmp_path / "m.gguf"))
+    loaded = AutoModelForCausalLM.from_pretrained(local_model_dir(str(gguf)), dtype=torch.float32).eval()
+    ids = torch.randint(5, len(tokenizer) - 20, (1, 300), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=TOLERANCE, rtol=TOLERANCE)

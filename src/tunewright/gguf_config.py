@@ -8,7 +8,8 @@ from such a config is not the model in the file. Measured on tiny models of each
   head size, hidden/heads for the 27B models); Gemma 2's soft-capping is not read; the sliding /
   full pattern of the layers is not read;
 - Llama 3.x: the `rope_freqs` tensor (llama.cpp's form of Llama 3 rope scaling) is ignored, so the
-  rope falls back to unscaled frequencies and every logit moves.
+  rope falls back to unscaled frequencies and every logit moves;
+- every family: the rope.scaling keys (linear, YaRN) and Phi-3's LongRoPE factor tensors are ignored.
 Each repair below reads the file's own metadata (with the `gguf` package) and only ever makes the
 config agree with what llama.cpp computes from the same file.
 """
@@ -40,10 +41,48 @@ def gguf_config(gguf_path: Path):
     _repair_head_dim(config, meta, arch)
     if arch in _GEMMA_27B_BLOCKS:
         _repair_gemma(config, meta, arch)
-    rope_freqs = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
-    if rope_freqs is not None:
-        _repair_llama3_rope(config, np.asarray(rope_freqs.data, dtype=np.float64).reshape(-1))
+    tensors = {t.name: np.asarray(t.data, dtype=np.float64).reshape(-1) for t in reader.tensors if t.name.startswith("rope_")}
+    scaling = _rope_scaling(meta, arch, tensors)
+    if scaling:
+        _set_rope_scaling(config, scaling)
+    if "rope_freqs.weight" in tensors:
+        _repair_llama3_rope(config, tensors["rope_freqs.weight"])
     return config
+
+
+def _rope_scaling(meta: dict, arch: str, tensors: dict) -> dict | None:
+    """Linear, YaRN or LongRoPE scaling in transformers' terms, from the GGUF rope.scaling keys."""
+    def key(name: str):
+        return meta.get(f"{arch}.rope.scaling.{name}")
+
+    kind, factor, original = key("type"), key("factor"), key("original_context_length")
+    if kind == "linear" and factor:
+        return {"rope_type": "linear", "factor": float(factor)}
+    if kind == "yarn" and factor:
+        scaling = {"rope_type": "yarn", "factor": float(factor), "original_max_position_embeddings": int(original)}
+        for gguf_name, hf_name in (("yarn_attn_factor", "attention_factor"), ("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow")):
+            if key(gguf_name) is not None:
+                scaling[hf_name] = float(key(gguf_name))
+        return scaling
+    if kind == "longrope" and "rope_factors_long.weight" in tensors and "rope_factors_short.weight" in tensors:
+        scaling = {"rope_type": "longrope", "long_factor": tensors["rope_factors_long.weight"].tolist(),
+                   "short_factor": tensors["rope_factors_short.weight"].tolist(), "original_max_position_embeddings": int(original)}
+        if key("attn_factor") is not None:
+            scaling["attention_factor"] = float(key("attn_factor"))
+        return scaling
+    return None
+
+
+def _set_rope_scaling(config, scaling: dict) -> None:
+    """Gemma 3 scales only its full-attention layers' rope (llama.cpp: the sliding layers keep theta_swa)."""
+    params = dict(config.rope_parameters or {})
+    if "full_attention" in params:
+        params["full_attention"] = {"rope_theta": params["full_attention"]["rope_theta"]} | scaling
+    else:
+        params = {k: v for k, v in params.items() if k in ("rope_theta", "partial_rotary_factor")} | scaling
+    config.rope_parameters = params
+    if "original_max_position_embeddings" in scaling and hasattr(config, "original_max_position_embeddings"):
+        config.original_max_position_embeddings = scaling["original_max_position_embeddings"]
 
 
 def _repair_head_dim(config, meta: dict, arch: str) -> None:
