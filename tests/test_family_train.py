@@ -103,7 +103,7 @@ def test_lora_run_writes_a_stock_peft_adapter_whose_every_matrix_moved(lora_run,
     base = AutoModelForCausalLM.from_pretrained(family_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         moved = (model(ids).logits - base(ids).logits).abs().max().item()
-    assert moved > 1e-4, f"the adapter barely changes the logits ({moved:.1e})"
+    assert moved > 1e-2, f"the adapter barely changes the logits ({moved:.1e})"
     summary = json.loads((lora_run / "summary.json").read_text())
     assert summary["steps"] == 2
 
