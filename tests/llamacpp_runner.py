@@ -8,8 +8,8 @@ Request:  {"gguf": path, "n_ctx": 512,
            "tokenize": [text, ...],                      # tokenized as HF `tokenizer(text)` does
            "greedy": [{"ids": [...], "n": 8}, ...],       # argmax continuation of token ids
            "chat": {"messages": [...], "max_tokens": 24, "force_end_after": null | k}}
-Answer:   {"tokens": [[...]], "tokens_plain": [[...]], "greedy": [[...]], "margins": [[...]],
-           "chat": {"text", "finish_reason", "completion_tokens", "prompt_ids", "generated_ids"},
+Answer:   {"tokens": [[...]], "tokens_plain": [[...]], "greedy": [[...]], "margins": [[...]], "first_logits": [[...]],
+           "chat": {"text", "finish_reason", "completion_tokens", "prompt_ids", "generated_ids", "forced_steps"},
            "eos_id", "eot_id", "eog": {token id: bool}}
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 def load(path: str, n_ctx: int):
     from llama_cpp import Llama
 
-    # logits_all is not needed: eval() stores the last position's logits, which is all greedy needs
+    # logits_all is not needed: greedy reads the last position's logits straight from the context
     return Llama(model_path=path, n_ctx=n_ctx, n_threads=1, n_batch=n_ctx, seed=0, verbose=False)
 
 
@@ -37,18 +37,28 @@ def tokenize(llm, texts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
     return with_specials, plain
 
 
-def greedy(llm, ids: list[int], n: int) -> tuple[list[int], list[float]]:
-    """n argmax tokens after `ids`, straight from the logits (no sampler), with each step's top-1 minus top-2 gap."""
+def last_logits(llm) -> np.ndarray:
+    """The logits after the last evaluated token (llama-cpp-python keeps `scores` only with logits_all)."""
+    import llama_cpp
+
+    row = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(row, shape=(llm.n_vocab(),)).astype(np.float64)
+
+
+def greedy(llm, ids: list[int], n: int) -> tuple[list[int], list[float], list[float]]:
+    """n argmax tokens after `ids`, straight from the logits (no sampler), each step's top-1 minus top-2 gap,
+    and the first step's logits."""
     llm.reset()
     llm.eval(ids)
-    out, margins = [], []
+    out, margins, first = [], [], None
     for _ in range(n):
-        logits = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+        logits = last_logits(llm)
+        first = logits.tolist() if first is None else first
         top2 = np.argsort(logits)[-2:]
         out.append(int(top2[1]))
         margins.append(float(logits[top2[1]] - logits[top2[0]]))
         llm.eval([out[-1]])
-    return out, margins
+    return out, margins, first
 
 
 def chat(llm, messages: list[dict], max_tokens: int, force_end_after: int | None, end_id: int) -> dict:
@@ -57,13 +67,14 @@ def chat(llm, messages: list[dict], max_tokens: int, force_end_after: int | None
     `force_end_after=k` makes the k+1-th generated token the end-of-turn token (a random tiny model never
     says it by itself), so the answer shows whether llama.cpp stops there and hides it from the text.
     """
-    seen: dict = {}
+    seen: dict = {"forced_steps": 0}
 
     def processor(input_ids, scores):
         if "prompt_ids" not in seen:
             seen["prompt_ids"] = [int(t) for t in input_ids]
         seen["all_ids"] = [int(t) for t in input_ids]
         if force_end_after is not None and len(input_ids) - len(seen["prompt_ids"]) >= force_end_after:
+            seen["forced_steps"] += 1  # more than one: generation went on past the end-of-turn token
             forced = np.full_like(scores, -np.inf)
             forced[end_id] = 0.0
             return forced
@@ -78,7 +89,8 @@ def chat(llm, messages: list[dict], max_tokens: int, force_end_after: int | None
         "finish_reason": choice["finish_reason"],
         "completion_tokens": response["usage"]["completion_tokens"],
         "prompt_ids": seen.get("prompt_ids", []),
-        "generated_ids": seen.get("all_ids", [])[len(seen.get("prompt_ids", [])):],
+        "generated_ids": seen.get("all_ids", [])[len(seen.get("prompt_ids", [])):],  # before the last step's token
+        "forced_steps": seen["forced_steps"],
     }
 
 
@@ -104,11 +116,12 @@ def main() -> None:
     answer: dict = {"eos_id": eos_id, "eot_id": eot_id, "n_vocab": llm.n_vocab(),
                     "eog": is_end_of_generation(llm, request.get("check_eog", []))}
     answer["tokens"], answer["tokens_plain"] = tokenize(llm, request.get("tokenize", []))
-    answer["greedy"], answer["margins"] = [], []
+    answer["greedy"], answer["margins"], answer["first_logits"] = [], [], []
     for item in request.get("greedy", []):
-        tokens, margins = greedy(llm, item["ids"], item["n"])
+        tokens, margins, first = greedy(llm, item["ids"], item["n"])
         answer["greedy"].append(tokens)
         answer["margins"].append(margins)
+        answer["first_logits"].append(first)
     if request.get("chat"):
         spec = request["chat"]
         end_id = spec.get("end_id", eot_id if eot_id >= 0 else eos_id)
