@@ -8,6 +8,7 @@ the requested type. Tied embeddings are written once: no `output.weight` means "
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from ..errors import UserError
@@ -18,6 +19,26 @@ from .gguf_arch import (  # noqa: F401  (check_architecture, SUPPORTED_ARCHITECT
 from .gguf_vocab import build_vocab, write_vocab
 
 QUANT_TYPES = ("f32", "f16", "q8_0")
+# llama.cpp gives Phi-3's special tokens "strip the whitespace after me" when general.name contains
+# phi3 / phi-3, and then looks these tokens up by text: a vocabulary without one aborts the load
+PHI3_NAME = re.compile(r"phi-?3", re.IGNORECASE)
+PHI3_NAMED_TOKENS = ("</s>", "<unk>", "<s>", "<|endoftext|>")
+
+
+def _strips_after_specials(tokenizer) -> bool:
+    """True when the tokenizer drops whitespace after its end tokens, as Phi-3's own does (rstrip)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return any(tok.content in ("</s>", "<|end|>") and tok.rstrip for tok in added.values())
+
+
+def general_name(name: str, arch: str, tokenizer, tokens: list[str]) -> str:
+    """`general.name`, chosen so llama.cpp applies Phi-3's token rules exactly when the tokenizer has them."""
+    has_tokens = set(PHI3_NAMED_TOKENS) <= set(tokens)
+    if PHI3_NAME.search(name) and not has_tokens:
+        return PHI3_NAME.sub(lambda m: m.group(0)[:-1] + "_3", name)  # phi_3: no longer llama.cpp's marker
+    if arch == "phi3" and has_tokens and _strips_after_specials(tokenizer) and not PHI3_NAME.search(name):
+        return f"{name} (phi3)"
+    return name
 
 
 def write_arch(writer, p: ArchParams, config, name: str, quant: str) -> None:
@@ -69,7 +90,7 @@ def write_gguf(model, tokenizer, path: Path, quant: str, name: str, source_pre: 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # not mkstemp: its 0600 mode would stick to the file
     try:
         writer = gguf.GGUFWriter(tmp, p.arch)
-        write_arch(writer, p, model.config, name, quant)
+        write_arch(writer, p, model.config, general_name(name, p.arch, tokenizer, vocab.tokens), quant)
         write_vocab(writer, vocab)
         for tensor_name, data in gguf_tensors(model, p):
             array, raw_type = encode_tensor(data, quant)
