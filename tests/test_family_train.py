@@ -254,3 +254,21 @@ def test_rope_scaling_survives_training_from_gguf(family, tmp_path):
     ids = torch.randint(5, len(tokenizer) - 20, (1, 300), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=TOLERANCE, rtol=TOLERANCE)
+
+
+def test_a_base_dequantized_before_the_config_repairs_is_made_again(tmp_path):
+    """A folder cached by an older tunewright (Gemma 2 with transformers' query_pre_attn_scalar=256) must not
+    be trained from again: the cache records how it was made, and an older folder is rebuilt."""
+    from families import save_family
+
+    from tunewright.export import export
+    from tunewright.models import local_model_dir
+
+    gguf = export(str(save_family(tmp_path, "gemma2")), fmt="gguf", quant="f32", output=str(tmp_path / "g.gguf"))
+    cached = Path(local_model_dir(str(gguf)))
+    config = json.loads((cached / "config.json").read_text())
+    assert config["query_pre_attn_scalar"] == 16
+    (cached / "config.json").write_text(json.dumps(config | {"query_pre_attn_scalar": 256}))
+    (cached / "tunewright_source.json").write_text(json.dumps({"gguf": str(gguf)}))  # what older versions wrote
+    again = Path(local_model_dir(str(gguf)))
+    assert json.loads((again / "config.json").read_text())["query_pre_attn_scalar"] == 16

@@ -99,10 +99,24 @@ def _file_fingerprint(path: Path) -> str:
     return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
 
 
+# bump when the dequantized folder changes for the same file (2: gguf_config's repairs), so older caches are rebuilt
+MATERIALIZE_VERSION = 2
+
+
+def _is_current(folder: Path) -> bool:
+    marker = folder / "tunewright_source.json"
+    if not (folder / "config.json").is_file() or not (folder / "tokenizer_config.json").is_file() or not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("version") == MATERIALIZE_VERSION
+    except ValueError:
+        return False
+
+
 def _materialize_gguf(gguf_path: Path) -> Path:
     """Dequantize a GGUF file once into a plain HF folder (fp32 safetensors + tokenizer)."""
     target = cache_home() / "models" / f"{gguf_path.stem}-{_file_fingerprint(gguf_path)}"
-    if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
+    if _is_current(target):
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -120,7 +134,7 @@ def _materialize_gguf(gguf_path: Path) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "tunewright_source.json").write_text(json.dumps({"gguf": str(gguf_path)}))
+        (tmp / "tunewright_source.json").write_text(json.dumps({"gguf": str(gguf_path), "version": MATERIALIZE_VERSION}))
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
