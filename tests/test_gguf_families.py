@@ -1,8 +1,9 @@
 """GGUF export of every family's architecture: tensors and metadata, read back by transformers and llama.cpp.
 
-Each family's tiny random model (tests/families.py) is written with one byte-level BPE vocabulary (the
-ChatML fixture tokenizer) so these tests prove the model half of the file on its own; the tokenizer half
-(sentencepiece vocabularies, pre-tokenizers) has its own tests.
+Each family's tiny random model and own tokenizer (tests/families.py: byte-level BPE or sentencepiece)
+is written whole; the checks here are on the model half (architecture keys, tensor names and layouts,
+logits). Models built here for one feature (folded Gemma query scale, Phi-3 longrope, yarn) use the
+ChatML BPE tokenizer. The tokenizer half (vocabularies, pre-tokenizers, templates) has its own tests.
 
 transformers' GGUF loader does not read a few keys back (it keeps its config class defaults); the
 round trip passes the model's own values for those, and says which (`LOADER_GAPS`): llama.cpp reads
@@ -18,7 +19,7 @@ import pytest
 import torch
 
 from conftest import build_tokenizer
-from families import FAMILIES, build_family_model
+from families import FAMILIES, build_family_model, build_family_tokenizer
 from llamacpp import run_llama
 from tunewright.errors import UserError
 from tunewright.export.gguf import SUPPORTED_ARCHITECTURES, write_gguf
@@ -59,13 +60,15 @@ def ids(tokenizer) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def family_models(tokenizer, ids) -> dict:
-    """name -> (model, reference logits) for every family, built once."""
+def family_models() -> dict:
+    """name -> (model, the family's own tokenizer, test ids, reference logits), built once."""
     out = {}
     for name in FAMILIES:
+        tokenizer = build_family_tokenizer(name)
         model = build_family_model(name, tokenizer)
+        ids = torch.tensor([tokenizer(TEXT)["input_ids"]])
         with torch.no_grad():
-            out[name] = (model, model(ids).logits)
+            out[name] = (model, tokenizer, ids, model(ids).logits)
     return out
 
 
@@ -93,10 +96,10 @@ def tensor_f32(tensor) -> np.ndarray:
 
 @pytest.mark.parametrize("quant", ["f32", "f16", "q8_0"])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_transformers_round_trip(name, quant, family_models, tokenizer, ids, tmp_path):
+def test_transformers_round_trip(name, quant, family_models, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    model, reference = family_models[name]
+    model, tokenizer, ids, reference = family_models[name]
     path = export(model, tokenizer, tmp_path, name, quant)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, **loader_gaps(name, model)).eval()
     # Mistral is the Llama graph in GGUF: transformers reads it back as Llama (same computation)
@@ -108,8 +111,8 @@ def test_transformers_round_trip(name, quant, family_models, tokenizer, ids, tmp
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_architecture_and_tensor_names(name, family_models, tokenizer, tmp_path):
-    model, _ = family_models[name]
+def test_architecture_and_tensor_names(name, family_models, tmp_path):
+    model, tokenizer, _, _ = family_models[name]
     fields, tensors = read_gguf(export(model, tokenizer, tmp_path, name, "f16"))
     arch = GGUF_ARCH[name]
     assert fields["general.architecture"] == arch
@@ -120,8 +123,8 @@ def test_architecture_and_tensor_names(name, family_models, tokenizer, tmp_path)
         assert tensors[norm].tensor_type == 0, f"{norm} must stay f32"  # GGMLQuantizationType.F32
 
 
-def test_qwen2_keeps_qkv_biases_unpermuted(family_models, tokenizer, tmp_path):
-    model, _ = family_models["qwen2"]
+def test_qwen2_keeps_qkv_biases_unpermuted(family_models, tmp_path):
+    model, tokenizer, _, _ = family_models["qwen2"]
     _, tensors = read_gguf(export(model, tokenizer, tmp_path, "qwen2", "f32"))
     attn = model.model.layers[0].self_attn
     for proj, gguf_name in ((attn.q_proj, "attn_q"), (attn.k_proj, "attn_k"), (attn.v_proj, "attn_v")):
@@ -129,8 +132,8 @@ def test_qwen2_keeps_qkv_biases_unpermuted(family_models, tokenizer, tmp_path):
         np.testing.assert_array_equal(tensor_f32(tensors[f"blk.0.{gguf_name}.weight"]), proj.weight.detach().numpy())
 
 
-def test_llama_permutes_q_and_k_for_rotary(family_models, tokenizer, tmp_path):
-    model, _ = family_models["smollm2"]
+def test_llama_permutes_q_and_k_for_rotary(family_models, tmp_path):
+    model, tokenizer, _, _ = family_models["smollm2"]
     _, tensors = read_gguf(export(model, tokenizer, tmp_path, "smollm2", "f32"))
     q = model.model.layers[0].self_attn.q_proj.weight.detach().numpy()
     written = tensor_f32(tensors["blk.0.attn_q.weight"])
@@ -139,16 +142,16 @@ def test_llama_permutes_q_and_k_for_rotary(family_models, tokenizer, tmp_path):
     np.testing.assert_array_equal(written[1], q[8])
 
 
-def test_qwen3_writes_query_and_key_norms(family_models, tokenizer, tmp_path):
-    model, _ = family_models["qwen3"]
+def test_qwen3_writes_query_and_key_norms(family_models, tmp_path):
+    model, tokenizer, _, _ = family_models["qwen3"]
     fields, tensors = read_gguf(export(model, tokenizer, tmp_path, "qwen3", "f32"))
     attn = model.model.layers[1].self_attn
     np.testing.assert_array_equal(tensor_f32(tensors["blk.1.attn_q_norm.weight"]), attn.q_norm.weight.detach().numpy())
     np.testing.assert_array_equal(tensor_f32(tensors["blk.1.attn_k_norm.weight"]), attn.k_norm.weight.detach().numpy())
 
 
-def test_gemma2_norms_softcaps_and_sliding_window(family_models, tokenizer, tmp_path):
-    model, _ = family_models["gemma2"]
+def test_gemma2_norms_softcaps_and_sliding_window(family_models, tmp_path):
+    model, tokenizer, _, _ = family_models["gemma2"]
     fields, tensors = read_gguf(export(model, tokenizer, tmp_path, "gemma2", "f32"))
     layer = model.model.layers[0]
     for hf_norm, gguf_name in ((layer.input_layernorm, "attn_norm"), (layer.post_attention_layernorm, "post_attention_norm"),
@@ -161,8 +164,8 @@ def test_gemma2_norms_softcaps_and_sliding_window(family_models, tokenizer, tmp_
     assert fields["gemma2.attention.key_length"] == 16
 
 
-def test_gemma3_norms_local_rope_base_and_pattern(family_models, tokenizer, tmp_path):
-    model, _ = family_models["gemma3"]
+def test_gemma3_norms_local_rope_base_and_pattern(family_models, tmp_path):
+    model, tokenizer, _, _ = family_models["gemma3"]
     fields, tensors = read_gguf(export(model, tokenizer, tmp_path, "gemma3", "f32"))
     attn = model.model.layers[0].self_attn
     np.testing.assert_allclose(tensor_f32(tensors["blk.0.attn_k_norm.weight"]), attn.k_norm.weight.detach().numpy() + 1, rtol=1e-6)
@@ -188,8 +191,8 @@ def test_gemma_query_scale_is_folded_for_llamacpp(tokenizer, ids, tmp_path):
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
 
 
-def test_phi3_fused_projections(family_models, tokenizer, tmp_path):
-    model, _ = family_models["phi3"]
+def test_phi3_fused_projections(family_models, tmp_path):
+    model, tokenizer, _, _ = family_models["phi3"]
     _, tensors = read_gguf(export(model, tokenizer, tmp_path, "phi3", "f32"))
     layer = model.model.layers[0]
     np.testing.assert_array_equal(tensor_f32(tensors["blk.0.attn_qkv.weight"]), layer.self_attn.qkv_proj.weight.detach().numpy())
@@ -225,11 +228,11 @@ def test_qwen2_yarn_rope_scaling_keys(tokenizer, tmp_path):
     assert fields["qwen2.rope.scaling.original_context_length"] == 256
 
 
-def test_llama3_rope_freqs_match_transformers(family_models, tokenizer, tmp_path):
+def test_llama3_rope_freqs_match_transformers(family_models, tmp_path):
     """rope_freqs.weight = default inverse frequencies / Llama 3-scaled ones, as transformers computes them."""
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    model, _ = family_models["llama3"]
+    model, tokenizer, _, _ = family_models["llama3"]
     _, tensors = read_gguf(export(model, tokenizer, tmp_path, "llama3", "f32"))
     scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](model.config, "cpu")
     default = 1.0 / (500000.0 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16))
@@ -333,9 +336,10 @@ def assert_llamacpp_greedy_equals_hf(name: str, model, tokenizer, folder: Path) 
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_llamacpp_greedy_tokens_equal_hf(name, family_models, tokenizer, tmp_path):
+def test_llamacpp_greedy_tokens_equal_hf(name, family_models, tmp_path):
     """llama.cpp loads each family's f16 file and continues prompts with the HF model's argmax tokens."""
-    assert_llamacpp_greedy_equals_hf(name, family_models[name][0], tokenizer, tmp_path)
+    model, tokenizer, _, _ = family_models[name]
+    assert_llamacpp_greedy_equals_hf(name, model, tokenizer, tmp_path)
 
 
 def test_llamacpp_gemma2_with_folded_query_scale(tokenizer, tmp_path):
