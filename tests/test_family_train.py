@@ -272,3 +272,17 @@ def test_a_base_dequantized_before_the_config_repairs_is_made_again(tmp_path):
     (cached / "tunewright_source.json").write_text(json.dumps({"gguf": str(gguf)}))  # what older versions wrote
     again = Path(local_model_dir(str(gguf)))
     assert json.loads((again / "config.json").read_text())["query_pre_attn_scalar"] == 16
+
+
+def test_estimate_of_a_qwen3_gguf_counts_the_model_in_the_file(tmp_path, capsys):
+    """`estimate --model file.gguf` reads the same repaired config as training (Qwen3's head_dim is not 128)."""
+    from families import save_family
+    from transformers import AutoModelForCausalLM
+
+    from tunewright.export import export
+    from tunewright.train.estimate import estimate
+
+    folder = save_family(tmp_path, "qwen3")
+    gguf = export(str(folder), fmt="gguf", quant="f32", output=str(tmp_path / "q.gguf"))
+    real = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(folder).parameters())
+    assert estimate(str(gguf), method="lora")["parameters"] == real

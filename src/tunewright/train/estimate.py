@@ -41,9 +41,10 @@ def model_config(model_spec: str, trust_remote_code: bool = False):
 
     source = resolve_model(model_spec)
     try:
-        if source.kind == "gguf":  # transformers reads the GGUF header and metadata; no tensor is dequantized
-            path = Path(source.path)
-            return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        if source.kind == "gguf":  # the GGUF header and metadata (repaired as for training); no weight is dequantized
+            from ..gguf_config import gguf_config
+
+            return gguf_config(Path(source.path))
         return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     except OSError as e:  # a hub id not in the cache while offline, or no config.json
         raise UserError(f"model '{model_spec}': cannot read its config.json ({e})",
