@@ -21,10 +21,28 @@ import numpy as np
 
 
 def load(path: str, n_ctx: int):
+    """The model, with weights in plain CPU buffers (as `llama-cli --no-repack`).
+
+    llama.cpp's extra CPU weight buffers (AMX / repacked) segfault on this AMX CPU for quantized weights once a
+    batch has 2+ tokens (llama.cpp#20824): llama.cpp's own q8_0 of the same f16 file and the upstream SmolLM2
+    Q4_1 crash alike, so it is no fault of the file. llama-cpp-python has no argument for it: patch the defaults.
+    """
+    import llama_cpp.llama as llama_module
     from llama_cpp import Llama
 
-    # logits_all is not needed: greedy reads the last position's logits straight from the context
-    return Llama(model_path=path, n_ctx=n_ctx, n_threads=1, n_batch=n_ctx, seed=0, verbose=False)
+    defaults = llama_module.llama_cpp.llama_model_default_params
+
+    def without_extra_buffers():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    llama_module.llama_cpp.llama_model_default_params = without_extra_buffers
+    try:
+        # logits_all is not needed: greedy reads the last position's logits straight from the context
+        return Llama(model_path=path, n_ctx=n_ctx, n_threads=1, n_batch=n_ctx, seed=0, verbose=False)
+    finally:
+        llama_module.llama_cpp.llama_model_default_params = defaults
 
 
 def tokenize(llm, texts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
