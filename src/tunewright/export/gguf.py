@@ -56,7 +56,7 @@ def write_arch(writer, p: ArchParams, config, name: str, quant: str) -> None:
     writer.add_rope_dimension_count(p.rope_dim)
     writer.add_rope_freq_base(p.rope_theta)
     write_rope_scaling(writer, p, config)
-    write_family_keys(writer, p, config)
+    write_family_keys(writer, p)
     writer.add_layer_norm_rms_eps(p.rms_eps)
     writer.add_vocab_size(p.vocab_size)
     file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}

@@ -203,7 +203,7 @@ def write_rope_scaling(writer, p: ArchParams, config) -> None:
             writer.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0)
 
 
-def write_family_keys(writer, p: ArchParams, config) -> None:
+def write_family_keys(writer, p: ArchParams) -> None:
     """Keys only some families have: softcaps, sliding window and its layers, local rope base, head size."""
     if p.arch in GEMMA or p.head_dim != p.hidden // p.n_head:
         writer.add_key_length(p.head_dim)
@@ -235,7 +235,7 @@ def _transform(gguf_name: str, hf_name: str, data, p: ArchParams):
     return data
 
 
-def extra_tensors(p: ArchParams, config):
+def extra_tensors(p: ArchParams):
     """Tensors llama.cpp computes rope from that HF keeps in the config: Llama 3 and Phi-3 long-context factors."""
     import gguf
     import numpy as np
@@ -268,4 +268,4 @@ def gguf_tensors(model, p: ArchParams):
             raise UserError(f"GGUF export: no GGUF name for the weight '{hf_name}'", CONVERT_HINT)
         data = tensor.detach().to(torch.float32).cpu().numpy()
         yield f"{gguf_name}.{suffix}", _transform(gguf_name, hf_name, data, p)
-    yield from extra_tensors(p, model.config)
+    yield from extra_tensors(p)
