@@ -6,7 +6,7 @@ logits). Models built here for one feature (folded Gemma query scale, Phi-3 long
 ChatML BPE tokenizer. The tokenizer half (vocabularies, pre-tokenizers, templates) has its own tests.
 
 transformers' GGUF loader does not read a few keys back (it keeps its config class defaults); the
-round trip passes the model's own values for those, and says which (`LOADER_GAPS`): llama.cpp reads
+round trip passes the model's own values for those, and says which (`loader_gaps`): llama.cpp reads
 them from the file, and the llama.cpp test below checks that it computes the same tokens.
 """
 from __future__ import annotations
