@@ -173,6 +173,7 @@ def test_training_starts_from_the_family_gguf(family_dir, data_file, tmp_path, r
     ids = _probe_ids(hf_tokenizer)
     assert _probe_ids(tokenizer).tolist() == ids.tolist()
     assert tokenizer.chat_template == hf_tokenizer.chat_template
+    assert len(tokenizer) == len(hf_tokenizer) == config["vocab_size"], "no token without an embedding"
     with torch.no_grad():
         hf_logits = AutoModelForCausalLM.from_pretrained(family_dir, dtype=torch.float32)(ids).logits
         gguf_logits = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)(ids).logits

@@ -99,8 +99,9 @@ def _file_fingerprint(path: Path) -> str:
     return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
 
 
-# bump when the dequantized folder changes for the same file (2: gguf_config's repairs), so older caches are rebuilt
-MATERIALIZE_VERSION = 2
+# bump when the dequantized folder changes for the same file (2: gguf_config repairs, 3: no token past the
+# embeddings), so older caches are rebuilt
+MATERIALIZE_VERSION = 3
 
 
 def _is_current(folder: Path) -> bool:
@@ -134,6 +135,7 @@ def _materialize_gguf(gguf_path: Path) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        _drop_tokens_without_embeddings(tmp, model.get_input_embeddings().num_embeddings)
         (tmp / "tunewright_source.json").write_text(json.dumps({"gguf": str(gguf_path), "version": MATERIALIZE_VERSION}))
         if target.exists():
             shutil.rmtree(target)
@@ -141,6 +143,22 @@ def _materialize_gguf(gguf_path: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _drop_tokens_without_embeddings(folder: Path, n_embeddings: int) -> None:
+    """Remove added tokens the model has no embedding for from a saved tokenizer.json.
+
+    transformers' GGUF loader gives byte-level BPE vocabularies GPT-2's `<|endoftext|>` when they lack
+    it (Llama 3): one id past the embeddings, so the run's tokenizer would no longer match its model.
+    """
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    kept = [t for t in data.get("added_tokens", []) if t["id"] < n_embeddings]
+    if len(kept) != len(data.get("added_tokens", [])):
+        data["added_tokens"] = kept
+        path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
 
 def local_model_dir(spec: str) -> str:
