@@ -23,17 +23,22 @@ def llama_python() -> Path:
     return Path(os.environ.get("TUNEWRIGHT_LLAMA_PYTHON", REPO / ".venv-llama" / "bin" / "python"))
 
 
+def _build_log_tail() -> str:
+    lines = BUILD_LOG.read_text(errors="replace").strip().splitlines() if BUILD_LOG.is_file() else []
+    return f"; {BUILD_LOG} ends: {lines[-1][:300]}" if lines else ""
+
+
 @lru_cache(maxsize=1)
 def unavailable_reason() -> str | None:
     """Why llama.cpp cannot run here, or None when it can."""
     python = llama_python()
     if not python.is_file():
-        return f"llama.cpp environment not built ({python} missing): run `make llama` (log: {BUILD_LOG})"
+        return f"llama.cpp environment not built ({python} missing): run `make llama`{_build_log_tail()}"
     probe = subprocess.run([str(python), "-c", "import llama_cpp; print(llama_cpp.__version__)"],
                            capture_output=True, text=True, timeout=120)
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        return f"llama_cpp does not import in {python} ({last}): run `make llama` (log: {BUILD_LOG})"
+        return f"llama_cpp does not import in {python} ({last}): run `make llama`{_build_log_tail()}"
     return None
 
 
