@@ -33,6 +33,9 @@ class DataConfig(_Section):
     on_bad_rows: Literal["fail", "skip"] = "fail"
     allow_any_role_order: bool = False  # keep chats with roles out of order when the model's template renders them
     train_on: Literal["assistant", "all"] = "assistant"
+    # chat template variables, fixed for training and inference alike (Qwen3: enable_thinking); auto decides
+    # from the data (thinking only when some answer has reasoning) and config.yaml records the values
+    chat_template_kwargs: Union[dict[str, Any], Auto] = "auto"
     seed: int = 42
 
 

@@ -19,6 +19,7 @@ from ..errors import UserError
 from . import templates
 from .conversation import Conversation, LoadedRows
 from .formats import load_conversations
+from .template_kwargs import apply_template_defaults, resolve_template_kwargs
 from .templates import TokenizedExample
 from .validate import bad_rows_error, bad_rows_json, duplicate_counts, overlap_count
 
@@ -59,6 +60,9 @@ def prepare_data(cfg: RunConfig, tokenizer) -> PreparedData:
     """Load, validate, split, tokenize (cached) and report the training data of a run."""
     data = cfg.data
     train_rows, val_rows = load_rows(data, tokenizer)
+    # template variables (Qwen3 enable_thinking) become the template's defaults: training and inference render alike
+    template_kwargs = resolve_template_kwargs(tokenizer, train_rows.conversations, data.chat_template_kwargs)
+    apply_template_defaults(tokenizer, template_kwargs)
     everything = tokenize_cached(train_rows.conversations, tokenizer, data)
     if data.validation:
         train, val, val_source = everything, tokenize_cached(val_rows.conversations, tokenizer, data), "file"
@@ -74,6 +78,7 @@ def prepare_data(cfg: RunConfig, tokenizer) -> PreparedData:
             "raise data.max_seq_len, shorten the prompts, or check the per-message weights",
         )
     report = build_report(data, train_rows, val_rows, train, val, val_source)
+    report["chat_template_kwargs"] = template_kwargs
     report["cache_hit"] = everything.cache_hit and val.cache_hit
     report["cache_file"] = everything.cache_file
     return PreparedData(train.kept(), val.kept(), val.conversations, report)

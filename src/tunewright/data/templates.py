@@ -8,6 +8,10 @@ Qwen3 drops past turns' reasoning and gives only the last turn a `<think>` block
 message into the last user turn, so a prefix renders differently from the same turns inside the full conversation
 (TRL's all-zero assistant masks for such templates come from exactly this). Templates without a system role
 (Gemma 2) get the system text folded into the first user turn, as Gemma 3's own template does.
+
+Template variables such as Qwen3's `enable_thinking` are decided once per run (`data.chat_template_kwargs`,
+see template_kwargs.py) and written into the run's template as defaults, so training, chat, eval, the server and
+llama.cpp (which renders the GGUF's template with no such variables) all render the same prompt.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from .conversation import Conversation
+from .template_kwargs import has_template_defaults
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -152,7 +157,10 @@ def _generation_prompt_end(tokenizer, before: list[dict], full: str) -> int | No
     """Where the template's prompt for this turn ends in `full`, if `full` begins with it (else None)."""
     if not before:
         return None
-    for kwargs in ({"enable_thinking": False}, {}):  # Qwen3's non-thinking prompt ends after an empty think block
+    # a run's template holds its variables' values (the inference prompt): the answer starts where that prompt ends;
+    # otherwise Qwen3's non-thinking prompt (an empty think block) fits answers without reasoning, the default the rest
+    variants = ({},) if has_template_defaults(tokenizer) else ({"enable_thinking": False}, {})
+    for kwargs in variants:
         try:
             prompt = render(tokenizer, before, add_generation_prompt=True, **kwargs)
         except Exception:  # a template that rejects a partial conversation: locate by the answer's text instead

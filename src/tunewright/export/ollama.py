@@ -66,12 +66,20 @@ def llama3_template(tokenizer=None) -> str:
     return system + LLAMA3_TURNS
 
 
+def chatml_answer_prefix(tokenizer=None) -> str:
+    """What the template writes after `<|im_start|>assistant\n` in its generation prompt: a run of Qwen3 trained
+    without reasoning has `enable_thinking` false in its template, so its prompt ends with an empty think block."""
+    start = "<|im_start|>assistant\n"
+    text = _render(tokenizer, [{"role": "user", "content": SENTINEL_USER}]) if tokenizer is not None else None
+    return text.rsplit(start, 1)[1] if text and start in text else ""
+
+
 def go_template_for(chat_template: str | None, tokenizer=None) -> str | None:
     """The Ollama template equivalent to a Hugging Face chat template, when its family is recognised."""
     if not chat_template:
         return None
     if "<|im_start|>" in chat_template:
-        return CHATML
+        return CHATML + chatml_answer_prefix(tokenizer)
     if "<|start_header_id|>" in chat_template:
         return llama3_template(tokenizer)
     if "[INST]" in chat_template:

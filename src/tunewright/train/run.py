@@ -126,6 +126,7 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
     with accelerator.main_process_first():  # one process tokenizes and fills the cache, the others read it
         data = prepare_data(cfg, tokenizer)
     cfg = _record_detected_format(cfg, data.report)
+    cfg = _record_template_kwargs(cfg, data.report)
     run_dir.mkdir(parents=True, exist_ok=True)
     model = load_model(model_dir, trust_remote_code=cfg.trust_remote_code, **_quant_kwargs(cfg, accelerator.local_process_index))
     cfg = resolve_auto(cfg, len(data.train), sum(p.numel() for p in model.parameters()), accelerator.device)
@@ -166,6 +167,13 @@ def _record_detected_format(cfg: RunConfig, report: dict) -> RunConfig:
     if cfg.data.format != "auto" or len(found) != 1 or None in found:
         return cfg
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"format": found.pop()})})
+
+
+def _record_template_kwargs(cfg: RunConfig, report: dict) -> RunConfig:
+    """`chat_template_kwargs: auto` becomes the values training rendered with (chat, eval and serve use them too)."""
+    if cfg.data.chat_template_kwargs != "auto":
+        return cfg
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"chat_template_kwargs": report["chat_template_kwargs"]})})
 
 
 def _quant_kwargs(cfg: RunConfig, device_index: int) -> dict:
