@@ -133,7 +133,9 @@ def test_merge_gives_adapter_on_base_logits(lora_run, adapter_on_base, family_di
     assert json.loads((merged / "config.json").read_text())["model_type"] == json.loads((family_dir / "config.json").read_text())["model_type"]
     tokenizer = AutoTokenizer.from_pretrained(merged)
     end_of_turn = FAMILY_SPECS[_family(family_dir)].end_of_turn
-    assert tokenizer.chat_template == AutoTokenizer.from_pretrained(family_dir).chat_template
+    # the run's template: the base's, with the run's template variables as defaults (Qwen3: enable_thinking false)
+    assert tokenizer.chat_template == AutoTokenizer.from_pretrained(lora_run / "adapter").chat_template
+    assert tokenizer.chat_template.endswith(AutoTokenizer.from_pretrained(family_dir).chat_template)
     eos = GenerationConfig.from_pretrained(merged).eos_token_id
     assert tokenizer.convert_tokens_to_ids(end_of_turn) in (eos if isinstance(eos, list) else [eos])
 
