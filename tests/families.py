@@ -2,8 +2,9 @@
 
 Byte-level BPE families (SmolLM2, Llama 3, Qwen 2.5, Qwen 3) get a BPE trained here on the example data with the
 family's real special tokens and pre-tokenizer regex; sentencepiece families (Mistral v0.3, Gemma 2/3, Phi-3) get a
-small sentencepiece model trained at test time (~0.1 s) and wrapped in the family's transformers tokenizer class, so
-a saved folder holds both tokenizer.json and tokenizer.model (GGUF export reads the piece scores from the latter).
+small sentencepiece model trained at test time (~0.1 s) and wrapped in the family's transformers tokenizer class
+(Phi-3: its own tokenizer.json pipeline, see _as_phi3), so a saved folder holds both tokenizer.json and
+tokenizer.model.
 Each chat template reproduces the real one's format (the tool-calling branches are left out); where it is the
 model's own template verbatim, the source is named.
 """
@@ -357,10 +358,37 @@ def _build_sentencepiece(name: str, spec: FamilySpec, workdir: Path):
     tok = cls.from_pretrained(workdir, bos_token=spec.bos, eos_token=spec.eos, unk_token=spec.unk,
                               pad_token=spec.pad if name != "phi3" else None, add_bos_token=spec.add_bos,
                               add_eos_token=False, legacy=False)
-    if name == "phi3":  # Phi-3's chat tokens are added tokens after the 32000-piece Llama vocabulary
-        tok.add_special_tokens({"additional_special_tokens": list(spec.specials)})
-        tok.pad_token = spec.pad
-    return tok
+    return _as_phi3(tok, spec) if name == "phi3" else tok
+
+
+# microsoft/Phi-3-mini-4k-instruct and Phi-3.5-mini-instruct tokenizer.json: the legacy Llama normalizer (▁ before
+# every stretch of text between added tokens, no pre-tokenizer) and added tokens that strip the whitespace after
+# them (rstrip: </s> and every chat token except <|endoftext|>); </s> is added but not special
+PHI3_NORMALIZER = {"type": "Sequence", "normalizers": [
+    {"type": "Prepend", "prepend": "\u2581"}, {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
+
+
+def _as_phi3(base, spec: FamilySpec):
+    """Phi-3's tokenizer over the trained pieces. transformers 5 loads a real Phi-3 (model_type phi3) as a plain
+    TokenizersBackend that keeps tokenizer.json as written (LlamaTokenizer would rebuild Metaspace "first"), and
+    saves it under that class name, as this fixture is saved."""
+    from tokenizers import AddedToken, Tokenizer, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    described = json.loads(base.backend_tokenizer.to_str())
+    described.update(normalizer=PHI3_NORMALIZER, pre_tokenizer=None)
+    for token in described["added_tokens"]:
+        if token["content"] == "</s>":
+            token.update(rstrip=True, special=False)
+    backend = Tokenizer.from_str(json.dumps(described))
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    # Phi-3's chat tokens are added tokens after the 32000-piece Llama vocabulary
+    backend.add_special_tokens([AddedToken(t, rstrip=t != "<|endoftext|>", special=True, normalized=False)
+                                for t in spec.specials])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=spec.bos, eos_token=spec.eos,
+                                   pad_token=spec.pad, unk_token=spec.unk, add_bos_token=False, add_eos_token=False,
+                                   clean_up_tokenization_spaces=False)
 
 
 @lru_cache(maxsize=None)

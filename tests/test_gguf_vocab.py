@@ -1,8 +1,9 @@
 """The tokenizer half of GGUF export, and the Ollama Modelfile, for every family in tests/families.py.
 
 Each family's tokenizer is written into a GGUF file (tokenizer keys plus one tensor: the vocabulary alone
-decides what a reader rebuilds), read back by transformers' GGUF loader, and must tokenize every test text
-exactly as the original does. The Modelfile's TEMPLATE, rendered by tests/go_template.py as Ollama would,
+decides what a reader rebuilds), read back by transformers' GGUF loader (with the Phi-3 whitespace rule tunewright
+puts back when it trains from a GGUF), and must tokenize every test text exactly as the original does; real
+llama.cpp must too. The Modelfile's TEMPLATE, rendered by tests/go_template.py as Ollama would,
 must give the text the Hugging Face chat template gives.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from go_template import render
 
 from tunewright.errors import UserError
 from tunewright.export import gguf_vocab
+from tunewright.export.gguf import general_name, restore_phi3_rstrip
 from tunewright.export.gguf_vocab import BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, build_vocab, merge_rank_scores, write_vocab
 from tunewright.export.ollama import default_system_prompt, go_template_for, modelfile_text
 
@@ -26,27 +28,14 @@ TEXTS = [
 PRE_NAMES = {"smollm2": "smollm", "llama3": "llama-bpe", "qwen2": "qwen2", "qwen3": "qwen2"}
 
 
-def reference_tokenizer(name: str):
-    """The family's tokenizer. Phi-3's real tokenizer.json prepends ▁ with a normalizer (legacy sentencepiece:
-    every piece of text between special tokens gets one), as llama.cpp and transformers' GGUF loader assume;
-    the fixture's LlamaTokenizer(legacy=False) uses Metaspace "first", so give it the real normalizer here."""
-    tok = build_family_tokenizer(name)
-    if name == "phi3" and tok.backend_tokenizer.normalizer is None:
-        from tokenizers import normalizers
-
-        tok.backend_tokenizer.normalizer = normalizers.Sequence(
-            [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
-        tok.backend_tokenizer.pre_tokenizer = None
-    return tok
-
-
-def write_tokenizer_gguf(tokenizer, arch: str, path):
+def write_tokenizer_gguf(tokenizer, arch: str, path, name: str = "tiny-model"):
     """A GGUF file holding only the vocabulary (and one tensor, as every GGUF has)."""
     import gguf
     import numpy as np
 
     vocab = build_vocab(tokenizer, len(tokenizer))
     writer = gguf.GGUFWriter(path, arch)
+    writer.add_name(general_name(name, arch, tokenizer, vocab.tokens))  # Phi-3: says phi3, as an export does
     write_vocab(writer, vocab)
     writer.add_tensor("token_embd.weight", np.zeros((len(tokenizer), 4), dtype=np.float32))
     writer.write_header_to_file()
@@ -67,15 +56,24 @@ def family_texts(tokenizer, name: str) -> list[str]:
     return TEXTS + specials + [f"{s}hello there" for s in specials] + [f"say hi{spec.end_of_turn}", chat]
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def family_gguf(request, tmp_path_factory):
+def loaded_as_tunewright_does(gguf_path, folder):
+    """transformers' GGUF loader's tokenizer, saved and reloaded with the repair tunewright makes when it trains
+    from a GGUF (models.py): llama.cpp's Phi-3 whitespace rule, which the loader leaves out."""
     from transformers import AutoTokenizer
 
+    AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name).save_pretrained(folder)
+    restore_phi3_rstrip(folder, gguf_path)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_gguf(request, tmp_path_factory):
     name = request.param
-    tokenizer = reference_tokenizer(name)
+    tokenizer = build_family_tokenizer(name)
     folder = tmp_path_factory.mktemp(f"vocab-{name}")
-    vocab = write_tokenizer_gguf(tokenizer, GGUF_ARCH[FAMILY_SPECS[name].model_type], folder / "vocab.gguf")
-    back = AutoTokenizer.from_pretrained(folder, gguf_file="vocab.gguf")
+    vocab = write_tokenizer_gguf(tokenizer, GGUF_ARCH[FAMILY_SPECS[name].model_type], folder / "vocab.gguf",
+                                 f"tiny-{name}")
+    back = loaded_as_tunewright_does(folder / "vocab.gguf", folder / "back")
     return name, tokenizer, vocab, back, folder / "vocab.gguf"
 
 
@@ -120,6 +118,25 @@ def test_gguf_tokenizer_metadata_per_family(family_gguf):
     assert value("tokenizer.ggml.add_space_prefix") is (not name.startswith("gemma"))
     normal = [s for s, t in zip(scores, types) if t == NORMAL]
     assert len(set(normal)) == len(normal), "every normal piece has its own merge priority"
+
+
+def test_phi3_fixture_tokenizes_as_the_real_phi3():
+    """Phi-3's tokenizer.json puts ▁ before every stretch of text between added tokens (the legacy Llama normalizer)
+    and drops the whitespace after </s> and its chat tokens (rstrip), <|endoftext|> aside. llama.cpp assumes both
+    for a GGUF named phi3 (so the exported name must say phi3), transformers' GGUF loader the first."""
+    tok = build_family_tokenizer("phi3")
+    plain = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    ids = lambda *names: [tok.convert_tokens_to_ids(n) for n in names]  # noqa: E731
+    chat = "<|user|>\nhello world<|end|>\n<|assistant|>\nhi</s>  there<|endoftext|> x"
+    assert plain(chat) == (ids("<|user|>") + plain("hello world") + ids("<|end|>", "<|assistant|>") + plain("hi")
+                           + ids("</s>") + plain("there") + ids("<|endoftext|>") + plain(" x"))
+    assert "".join(tok.convert_ids_to_tokens(plain("hello world"))) == "\u2581hello\u2581world"
+    assert "".join(tok.convert_ids_to_tokens(plain(" x"))) == "\u2581\u2581x"
+    assert tok("hi")["input_ids"] == plain("hi"), "Phi-3 adds no BOS"
+    assert tok.decode(plain("hello world")) == "hello world"
+    assert "</s>" not in tok.all_special_tokens  # added, matched in any text, but not special
+    assert general_name("run", "phi3", tok, build_vocab(tok, len(tok)).tokens) == "run (phi3)"
+    assert general_name("tiny-phi3", "phi3", tok, build_vocab(tok, len(tok)).tokens) == "tiny-phi3"
 
 
 def test_merge_rank_scores_rank_pieces_by_their_first_merge():
@@ -217,11 +234,11 @@ def test_llamacpp_tokenizes_like_the_original(name, tmp_path):
     from tunewright.export.gguf import write_gguf
 
     require_llama()
-    tokenizer = reference_tokenizer(name)
+    tokenizer = build_family_tokenizer(name)
     path = tmp_path / f"{name}.gguf"
-    # general.name without "phi3": llama.cpp strips whitespace after Phi-3's special tokens when the model's NAME
-    # says phi3 (llama-vocab.cpp), which this fixture's tokenizer (no rstrip) does not do
-    write_gguf(build_family_model(name, tokenizer), tokenizer, path, "f16", name="tiny-model")
+    # named as `tunewright export` names a folder: for Phi-3, llama.cpp then strips whitespace after its special
+    # tokens, as the real Phi-3 tokenizer's rstrip does (llama-vocab.cpp keys this on general.name)
+    write_gguf(build_family_model(name, tokenizer), tokenizer, path, "f16", name=f"tiny-{name}")
     texts = [t for t in family_texts(tokenizer, name) if t]
     answer = run_llama({"gguf": str(path), "tokenize": texts, "n_ctx": 256})
     legacy = legacy_sentencepiece(tokenizer) if prepends_first_only(tokenizer) else None

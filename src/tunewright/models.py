@@ -100,8 +100,8 @@ def _file_fingerprint(path: Path) -> str:
 
 
 # bump when the dequantized folder changes for the same file (2: gguf_config repairs, 3: no token past the
-# embeddings), so older caches are rebuilt
-MATERIALIZE_VERSION = 3
+# embeddings, 4: Phi-3's whitespace rule), so older caches are rebuilt
+MATERIALIZE_VERSION = 4
 
 
 def _is_current(folder: Path) -> bool:
@@ -121,6 +121,7 @@ def _materialize_gguf(gguf_path: Path) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .export.gguf import restore_phi3_rstrip
     from .gguf_config import gguf_config
 
     folder, name = str(gguf_path.parent), gguf_path.name
@@ -136,6 +137,7 @@ def _materialize_gguf(gguf_path: Path) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _drop_tokens_without_embeddings(tmp, model.get_input_embeddings().num_embeddings)
+        restore_phi3_rstrip(tmp, gguf_path)  # what llama.cpp does for a phi3 file; the loader leaves it out
         (tmp / "tunewright_source.json").write_text(json.dumps({"gguf": str(gguf_path), "version": MATERIALIZE_VERSION}))
         if target.exists():
             shutil.rmtree(target)
