@@ -192,3 +192,15 @@ def test_templates_without_the_variable_are_unchanged(tmp_path, plain_data, kwar
     data = prepare_data(cfg, tokenizer)
     assert tokenizer.chat_template == original
     assert data.report["chat_template_kwargs"] == ({} if kwargs == "auto" else {"enable_thinking": False})
+
+
+def test_a_value_jinja_cannot_hold_is_one_user_error(qwen3_dir, plain_data):
+    """A nested value for a variable the template reads: one UserError naming the key and the fix."""
+    from tunewright.errors import UserError
+
+    cfg = load_config(model=str(qwen3_dir), data__train=str(plain_data),
+                      overrides=["data.chat_template_kwargs={enable_thinking: [1]}"])
+    with pytest.raises(UserError) as raised:
+        prepare_data(cfg, load_tokenizer(str(qwen3_dir)))
+    assert "data.chat_template_kwargs.enable_thinking" in raised.value.message
+    assert "true/false" in raised.value.fix
