@@ -6,7 +6,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "tunewright"
 # rank of each layer; a module may import only from layers of lower or equal rank
-LAYERS = {"errors": 0, "config": 1, "data": 2, "models": 2, "train": 3, "evaluate": 4, "export": 5, "serve": 6}
+LAYERS = {"errors": 0, "config": 1, "data": 2, "models": 2, "gguf_config": 2, "train": 3, "evaluate": 4, "export": 5, "serve": 6}
 LEAVES = {"cli", "quickstart", "bench", "bench_report", "workflow", "__init__"}
 
 

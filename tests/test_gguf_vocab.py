@@ -14,7 +14,8 @@ from go_template import render
 
 from tunewright.errors import UserError
 from tunewright.export import gguf_vocab
-from tunewright.export.gguf import general_name, restore_phi3_rstrip
+from tunewright.export.gguf import general_name
+from tunewright.gguf_config import restore_phi3_rstrip
 from tunewright.export.gguf_vocab import BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, build_vocab, merge_rank_scores, write_vocab
 from tunewright.export.ollama import default_system_prompt, go_template_for, modelfile_text
 

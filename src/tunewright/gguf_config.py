@@ -16,6 +16,7 @@ config agree with what llama.cpp computes from the same file.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,9 @@ _GEMMA_27B_BLOCKS = {"gemma2": 46, "gemma3": 62}
 # architectures whose rotary dimension is the whole head, so rope.dimension_count is the head size
 _FULL_ROTARY = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3"}
 LLAMA3_ORIGINAL_CONTEXT = 8192  # only the ratios to it matter: any value gives the same frequencies
+# llama.cpp gives Phi-3's special tokens "strip the whitespace after me" when general.name contains phi3 / phi-3
+PHI3_NAME = re.compile(r"phi-?3", re.IGNORECASE)
+PHI3_UNSTRIPPED = ("<unk>", "<s>", "<|endoftext|>")  # llama.cpp's exceptions to "every special token rstrips"
 
 
 def gguf_config(gguf_path: Path):
@@ -157,3 +161,27 @@ def _same_frequencies(config, wavelen: np.ndarray, divisors: np.ndarray) -> bool
     inv_freq, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
     wanted = (2 * math.pi / wavelen) / divisors
     return bool(np.allclose(inv_freq.double().numpy(), wanted, rtol=1e-5, atol=0))
+
+
+def restore_phi3_rstrip(folder: Path, gguf_path: Path) -> bool:
+    """Give the tokenizer transformers' GGUF loader rebuilt from `gguf_path` (saved in `folder`) the rule llama.cpp
+    applies to a GGUF named phi3: every added token strips the whitespace after it, <unk>, <s>, <|endoftext|> aside,
+    as Phi-3's own tokenizer.json has it. The loader keeps no rstrip, so training from a Phi-3 GGUF would otherwise
+    put a newline token after each chat token that neither Phi-3 nor llama.cpp has. True when it changed a token."""
+    import json
+
+    from gguf import GGUFReader
+
+    field = GGUFReader(gguf_path).fields.get("general.name")
+    path = folder / "tokenizer.json"
+    if field is None or not PHI3_NAME.search(str(field.contents())) or not path.is_file():
+        return False
+    data = json.loads(path.read_text(encoding="utf-8"))
+    changed = False
+    for token in data.get("added_tokens", []):
+        strip = token["content"] not in PHI3_UNSTRIPPED
+        changed |= token.get("rstrip") != strip
+        token["rstrip"] = strip
+    if changed:
+        path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return changed

@@ -121,8 +121,7 @@ def _materialize_gguf(gguf_path: Path) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .export.gguf import restore_phi3_rstrip
-    from .gguf_config import gguf_config
+    from .gguf_config import gguf_config, restore_phi3_rstrip
 
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)

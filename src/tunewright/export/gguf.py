@@ -8,12 +8,17 @@ the requested type. Tied embeddings are written once: no `output.weight` means "
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from ..errors import UserError
+from ..gguf_config import PHI3_NAME
 from .gguf_arch import (  # noqa: F401  (check_architecture, SUPPORTED_ARCHITECTURES: re-exported)
-    SUPPORTED_ARCHITECTURES, ArchParams, arch_params, check_architecture, gguf_tensors, write_family_keys,
+    SUPPORTED_ARCHITECTURES,
+    ArchParams,
+    arch_params,
+    check_architecture,
+    gguf_tensors,
+    write_family_keys,
     write_rope_scaling,
 )
 from .gguf_vocab import build_vocab, write_vocab
@@ -21,9 +26,7 @@ from .gguf_vocab import build_vocab, write_vocab
 QUANT_TYPES = ("f32", "f16", "q8_0")
 # llama.cpp gives Phi-3's special tokens "strip the whitespace after me" when general.name contains
 # phi3 / phi-3, and then looks these tokens up by text: a vocabulary without one aborts the load
-PHI3_NAME = re.compile(r"phi-?3", re.IGNORECASE)
 PHI3_NAMED_TOKENS = ("</s>", "<unk>", "<s>", "<|endoftext|>")
-PHI3_UNSTRIPPED = ("<unk>", "<s>", "<|endoftext|>")  # llama.cpp's exceptions to "every special token rstrips"
 
 
 def _strips_after_specials(tokenizer) -> bool:
@@ -40,30 +43,6 @@ def general_name(name: str, arch: str, tokenizer, tokens: list[str]) -> str:
     if arch == "phi3" and has_tokens and _strips_after_specials(tokenizer) and not PHI3_NAME.search(name):
         return f"{name} (phi3)"
     return name
-
-
-def restore_phi3_rstrip(folder: Path, gguf_path: Path) -> bool:
-    """Give the tokenizer transformers' GGUF loader rebuilt from `gguf_path` (saved in `folder`) the rule llama.cpp
-    applies to a GGUF named phi3: every added token strips the whitespace after it, <unk>, <s>, <|endoftext|> aside,
-    as Phi-3's own tokenizer.json has it. The loader keeps no rstrip, so training from a Phi-3 GGUF would otherwise
-    put a newline token after each chat token that neither Phi-3 nor llama.cpp has. True when it changed a token."""
-    import json
-
-    from gguf import GGUFReader
-
-    field = GGUFReader(gguf_path).fields.get("general.name")
-    path = folder / "tokenizer.json"
-    if field is None or not PHI3_NAME.search(str(field.contents())) or not path.is_file():
-        return False
-    data = json.loads(path.read_text(encoding="utf-8"))
-    changed = False
-    for token in data.get("added_tokens", []):
-        strip = token["content"] not in PHI3_UNSTRIPPED
-        changed |= token.get("rstrip") != strip
-        token["rstrip"] = strip
-    if changed:
-        path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    return changed
 
 
 def write_arch(writer, p: ArchParams, config, name: str, quant: str) -> None:
