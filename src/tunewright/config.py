@@ -74,6 +74,14 @@ class TrainConfig(_Section):
     threads: int | Auto = "auto"
 
 
+class PreferenceConfig(_Section):
+    """DPO/IPO/ORPO settings (used when `objective` is dpo or orpo)."""
+
+    beta: float | Auto = "auto"  # strength of the preference term; auto: 0.1 (see train.hparams)
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"  # DPO's logistic loss, or IPO's squared loss (dpo only)
+    sft_weight: float = Field(0.0, ge=0.0)  # > 0 adds the NLL of the chosen answer (RPO); orpo has its own NLL
+
+
 class EvalConfig(_Section):
     compare_base: bool = True
     after_train: bool = True
@@ -88,6 +96,8 @@ class EvalConfig(_Section):
 class RunConfig(_Section):
     model: str = "smollm2-135m-instruct"
     method: Literal["lora", "dora", "qlora", "full", "freeze"] = "lora"
+    objective: Literal["sft", "dpo", "orpo"] = "sft"  # dpo / orpo train on preference pairs
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     freeze: FreezeConfig = Field(default_factory=FreezeConfig)
