@@ -27,7 +27,7 @@ class DataConfig(_Section):
     train: DataPaths | None = None
     validation: DataPaths | None = None
     validation_split: float = Field(0.0, ge=0.0, lt=1.0)
-    format: Literal["auto", "alpaca", "messages", "sharegpt", "completion", "text"] = "auto"
+    format: Literal["auto", "alpaca", "messages", "sharegpt", "completion", "text", "dpo", "preference"] = "auto"
     max_seq_len: int = Field(1024, ge=8)
     packing: bool = True
     on_bad_rows: Literal["fail", "skip"] = "fail"

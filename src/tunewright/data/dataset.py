@@ -28,7 +28,7 @@ CACHE_VERSION = 1  # bump when tokenization or the cached columns change
 
 @dataclass
 class PreparedData:
-    train: list[TokenizedExample]
+    train: list[TokenizedExample]  # objective dpo/orpo: list[PreferencePair]
     validation: list[TokenizedExample]
     validation_conversations: list[Conversation]  # untokenized, for generation-based evaluation
     report: dict = field(default_factory=dict)  # JSON-serialisable; saved as run_dir/data_report.json
@@ -57,9 +57,16 @@ class TokenizedSplit:
 
 
 def prepare_data(cfg: RunConfig, tokenizer) -> PreparedData:
-    """Load, validate, split, tokenize (cached) and report the training data of a run."""
+    """Load, validate, split, tokenize (cached) and report the training data of a run.
+
+    Objectives dpo and orpo get PreferencePairs instead of examples (pairs.prepare_preference_data).
+    """
+    if cfg.objective != "sft":
+        from .pairs import prepare_preference_data
+
+        return prepare_preference_data(cfg, tokenizer)
     data = cfg.data
-    train_rows, val_rows = load_rows(data, tokenizer)
+    train_rows, val_rows = load_rows(data, tokenizer, cfg.objective)
     # template variables (Qwen3 enable_thinking) become the template's defaults: training and inference render alike
     template_kwargs = resolve_template_kwargs(tokenizer, train_rows.conversations, data.chat_template_kwargs)
     apply_template_defaults(tokenizer, template_kwargs)
@@ -84,14 +91,14 @@ def prepare_data(cfg: RunConfig, tokenizer) -> PreparedData:
     return PreparedData(train.kept(), val.kept(), val.conversations, report)
 
 
-def load_rows(data: DataConfig, tokenizer) -> tuple[LoadedRows, LoadedRows]:
+def load_rows(data: DataConfig, tokenizer, objective: str = "sft") -> tuple[LoadedRows, LoadedRows]:
     """Training and validation rows, with the bad-row policy applied: fail lists them all in one error.
 
     The tokenizer's chat template decides which chats with roles out of order data.allow_any_role_order keeps.
     """
     if not data.train:
         raise UserError("no training data given", "set data.train in the config, or pass --data PATH")
-    order = {"any_role_order": data.allow_any_role_order, "tokenizer": tokenizer}
+    order = {"any_role_order": data.allow_any_role_order, "tokenizer": tokenizer, "objective": objective}
     train_rows = load_conversations(data.train, data.format, **order)
     val_rows = load_conversations(data.validation, data.format, **order) if data.validation else LoadedRows()
     bad = train_rows.bad_rows + val_rows.bad_rows

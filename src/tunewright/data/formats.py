@@ -6,14 +6,17 @@ completion and text. Every check names the field, so a bad row says exactly what
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import UserError
 from .conversation import BadRow, Conversation, LoadedRows, Message
-from .readers import Record, expand_paths, read_file
+from .readers import FileRecords, Record, expand_paths, read_file
 
 FORMATS = ("alpaca", "messages", "sharegpt", "completion", "text")
+# preference pairs (objective dpo / orpo, see preference.py): OpenAI's DPO format and TRL's prompt/chosen/rejected
+PREFERENCE_FORMATS = ("dpo", "preference")
 MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant", "model": "assistant"}
 _DETECT_SAMPLE = 50
@@ -40,6 +43,10 @@ class RoleOrderError(RowError):
 
 def format_of_row(row: dict) -> str | None:
     """The format a single row's keys say it is in, or None."""
+    if "preferred_output" in row or "non_preferred_output" in row:
+        return "dpo"
+    if "chosen" in row and "rejected" in row:
+        return "preference"
     if "messages" in row:
         return "messages"
     if "conversations" in row:
@@ -63,7 +70,8 @@ def undetected_row(path: str, records: list[Record]) -> BadRow:
     keys = sorted({k for r in records[:_DETECT_SAMPLE] for k in r.row})
     return BadRow(
         f"{path}:0", "format", f"cannot tell the data format from the columns {keys}",
-        "use messages, conversations, instruction/output, prompt/completion or text columns, or set data.format",
+        "use messages, conversations, instruction/output, prompt/completion or text columns (or, for dpo/orpo, "
+        "input/preferred_output/non_preferred_output or prompt/chosen/rejected), or set data.format",
     )
 
 
@@ -262,22 +270,88 @@ CONVERTERS: dict[str, Callable[[dict, str], Conversation]] = {
 }
 
 
-def load_conversations(paths: str | Path | list, fmt: str = "auto", *, any_role_order: bool = False, tokenizer=None) -> LoadedRows:
+@dataclass
+class DetectedFile:
+    """One file's records and the format they are in (None: no records, or none recognised)."""
+
+    read: FileRecords
+    fmt: str | None
+
+    @property
+    def kind(self) -> str | None:
+        return None if self.fmt is None else ("preference" if self.fmt in PREFERENCE_FORMATS else "sft")
+
+
+class DataKindError(UserError):
+    """Preference pairs where instruction data is needed, or the reverse (the jobs API maps it to its own error)."""
+
+    def __init__(self, message: str, fix: str, found: str):
+        super().__init__(message, fix)
+        self.found = found  # "sft" | "preference": what the data is
+
+
+PAIRS_FIX = ('give rows with a chosen and a rejected answer: {"input": {"messages": [...]}, "preferred_output": [...], '
+             '"non_preferred_output": [...]} or {"prompt": ..., "chosen": ..., "rejected": ...} (docs/preference.md)')
+
+
+def read_detected(paths: str | Path | list, fmt: str = "auto") -> tuple[list[DetectedFile], list[BadRow]]:
+    """Every data file read and its format detected (or forced), plus BadRows for paths that are not there."""
+    if fmt not in ("auto", *FORMATS, *PREFERENCE_FORMATS):
+        raise UserError(f"data format '{fmt}' is not known", f"use auto or one of: {', '.join(FORMATS + PREFERENCE_FORMATS)}")
+    files, bad = expand_paths(paths)
+    detected = []
+    for path in files:
+        read = read_file(path)
+        detected.append(DetectedFile(read, (fmt if fmt != "auto" else detect_format(read.records)) if read.records else None))
+    return detected, bad
+
+
+def data_kind(files: list[DetectedFile]) -> str | None:
+    """"preference" or "sft" for the files' detected formats (None when none was recognised); mixing is an error."""
+    kinds = {f.kind for f in files} - {None}
+    if len(kinds) > 1:
+        pairs = next(f for f in files if f.kind == "preference")
+        sft = next(f for f in files if f.kind == "sft")
+        raise UserError(f"the data mixes preference pairs ({pairs.read.path}: {pairs.fmt}) and instruction data ({sft.read.path}: {sft.fmt})",
+                        "train on one kind: pairs for objective dpo/orpo, one answer per prompt for sft")
+    return kinds.pop() if kinds else None
+
+
+def require_kind(files: list[DetectedFile], wanted: str, objective: str | None = None) -> None:
+    """One clear error when the data is the other kind than the objective trains on."""
+    found = data_kind(files)
+    if found is None or found == wanted:
+        return
+    f = next(f for f in files if f.kind == found)
+    if found == "preference":
+        what = f"objective {objective}" if objective else "this command"
+        raise DataKindError(f"{f.read.path} holds preference pairs ({f.fmt} format), which {what} cannot train on",
+                            "train with --set objective=dpo (or orpo), or give instruction data (messages, alpaca, sharegpt, completion or text rows)",
+                            found)
+    what = f"objective {objective}" if objective else "this command"
+    raise DataKindError(f"{f.read.path} is {f.fmt} data (one answer per prompt), but {what} trains on preference pairs",
+                        f"{PAIRS_FIX}, or train with --set objective=sft", found)
+
+
+def load_conversations(paths: str | Path | list, fmt: str = "auto", *, any_role_order: bool = False, tokenizer=None,
+                       files: list[DetectedFile] | None = None, objective: str | None = None) -> LoadedRows:
     """Read files, lists of files or folders into Conversations, collecting (never raising for) bad rows.
 
     `any_role_order` (data.allow_any_role_order) keeps chats with roles out of order only when
     `tokenizer`'s chat template renders them; the rest stay bad rows that name the template's error.
+    Preference pairs raise DataKindError (they load with preference.load_pairs). `files`: already read.
     """
-    if fmt not in ("auto", *FORMATS):
-        raise UserError(f"data format '{fmt}' is not known", f"use auto or one of: {', '.join(FORMATS)}")
     if any_role_order and tokenizer is None:
         raise ValueError("any_role_order needs the tokenizer whose chat template must render those rows")
-    files, bad = expand_paths(paths)
+    if files is None:
+        files, bad = read_detected(paths, fmt)
+    else:
+        bad = []
+    require_kind(files, "sft", objective)
     loaded = LoadedRows(bad_rows=bad)
-    for path in files:
-        read = read_file(path)
+    for f in files:
+        read, file_fmt = f.read, f.fmt
         loaded.rows_per_file[read.path] = read.rows
-        file_fmt = (fmt if fmt != "auto" else detect_format(read.records)) if read.records else None
         loaded.formats[read.path] = file_fmt or (fmt if fmt != "auto" else "unknown")
         bad = list(read.bad_rows)
         if read.records and file_fmt is None:
@@ -289,7 +363,7 @@ def load_conversations(paths: str | Path | list, fmt: str = "auto", *, any_role_
             loaded.conversations.extend(c for c in good if c.source not in dropped)
             loaded.role_order_allowed += len(unusual) - len(rejected)
             bad.extend(bad_rows + rejected)
-        loaded.bad_rows.extend(sorted(bad, key=lambda b: _position(b.source)))
+        loaded.bad_rows.extend(sorted(bad, key=lambda b: position(b.source)))
     return loaded
 
 
@@ -313,7 +387,7 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}"[:200]
 
 
-def _position(source: str) -> int:
+def position(source: str) -> int:
     """The line (or [row]) of a `file:line` source, for listing a file's bad rows in file order."""
     tail = source.rsplit(":", 1)[-1].strip("[]")
     return int(tail) if tail.isdigit() else 0
