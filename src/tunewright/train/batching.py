@@ -8,7 +8,7 @@ examples (see DESIGN.md, "Facts measured here": this needs use_cache=False).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -135,3 +135,61 @@ def micro_batches(examples: list[TokenizedExample], pad_id: int, token_budget: i
     """All micro-batches of one optimizer step (or one evaluation pass)."""
     rows = pack_rows(examples, row_len) if packing else [[e] for e in examples]
     return [collate(g, pad_id) for g in group_rows(rows, max(token_budget, row_len))]
+
+
+@dataclass
+class PairUnit:
+    """Both answers of pair `index`, packed as one unit: they share a row (or at least a micro-batch)."""
+
+    index: int
+    chosen: TokenizedExample
+    rejected: TokenizedExample
+
+    @property
+    def input_ids(self) -> list[int]:  # packing reads only its length
+        return self.chosen.input_ids + self.rejected.input_ids
+
+
+@dataclass
+class PairMicroBatch(MicroBatch):
+    """A micro-batch of preference pairs: sequence 2k is the chosen answer of its k-th pair, 2k+1 the rejected."""
+
+    seq_ids: torch.Tensor | None = None  # (B, T) the sequence of each token, -1 on padding
+    pair_ids: list[int] = field(default_factory=list)  # dataset index of each of its pairs
+    sequence_tokens: torch.Tensor | None = None  # (2P,) trained tokens of each sequence
+
+
+def pair_micro_batches(pairs: list, ids: list[int], pad_id: int, token_budget: int, packing: bool,
+                       row_len: int) -> list[PairMicroBatch]:
+    """Micro-batches of the pairs `ids`: chosen and rejected of a pair go through the same forward pass.
+
+    `packing` puts several pairs in a row; without it each row holds one pair (its two answers, each
+    with positions restarting at 0, so still one pass per pair and no padding between them).
+    """
+    units = [PairUnit(i, pairs[i].chosen, pairs[i].rejected) for i in ids]
+    rows = pack_rows(units, row_len) if packing else [[u] for u in units]
+    return [_collate_pairs(g, pad_id) for g in group_rows(rows, max(token_budget, row_len))]
+
+
+def _collate_pairs(rows: list[list[PairUnit]], pad_id: int) -> PairMicroBatch:
+    mb = collate([[ex for u in row for ex in (u.chosen, u.rejected)] for row in rows], pad_id)
+    width = mb.input_ids.shape[1]
+    seq, order = [], []
+    for row in rows:
+        r = []
+        for u in row:
+            k = len(order)
+            order.append(u.index)
+            r += [2 * k] * len(u.chosen.input_ids) + [2 * k + 1] * len(u.rejected.input_ids)
+        seq.append(r + [-1] * (width - len(r)))
+    seq_ids = torch.tensor(seq)
+    tokens = torch.bincount(seq_ids[:, 1:][mb.labels[:, 1:] != -100], minlength=2 * len(order))
+    return PairMicroBatch(mb.input_ids, mb.labels, mb.position_ids, mb.real_tokens, mb.trained_tokens,
+                          seq_ids=seq_ids, pair_ids=order, sequence_tokens=tokens)
+
+
+def idle_pair_micro_batch(pad_id: int) -> PairMicroBatch:
+    """`idle_micro_batch` for preference training: no pair, a zero loss that still reaches every parameter."""
+    mb = idle_micro_batch(pad_id)
+    return PairMicroBatch(mb.input_ids, mb.labels, mb.position_ids, 0, 0, seq_ids=torch.tensor([[-1]]),
+                          pair_ids=[], sequence_tokens=torch.zeros(0, dtype=torch.long))

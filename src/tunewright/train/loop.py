@@ -22,7 +22,7 @@ from ..errors import UserError
 from . import checkpoint as ckpt
 from .batching import MicroBatch, idle_micro_batch, micro_batches, process_share, step_example_ids, steps_per_epoch
 from .hparams import total_steps
-from .loss import select_trained_positions, token_loss_sum
+from .loss import head_parts, select_trained_positions, token_loss_sum
 from .progress import TrainProgress, peak_memory_bytes
 from .writes import append_line, write_text_atomic
 
@@ -43,13 +43,10 @@ class TokenLoss(torch.nn.Module):
     def __init__(self, model, chunked: bool = True):
         super().__init__()
         self.model = model
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        head = base.get_output_embeddings()
-        backbone = getattr(base, getattr(base, "base_model_prefix", "model"), None)
-        plain_head = type(head) is torch.nn.Linear and not getattr(base.config, "final_logit_softcapping", None)
-        self.fast = chunked and plain_head and backbone is not None and not hasattr(base.config, "logit_scale")
+        parts = head_parts(model, chunked)
+        self.fast = parts is not None
         # a plain tuple, so the backbone is not registered (and its parameters listed) twice
-        self._parts = (backbone, head) if self.fast else (None, None)
+        self._parts = parts or (None, None)
 
     def forward(self, input_ids, position_ids, labels):
         if self.fast:

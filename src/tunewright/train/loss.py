@@ -18,6 +18,19 @@ import torch
 IGNORE_INDEX = -100
 
 
+def head_parts(model, chunked: bool = True) -> tuple | None:
+    """(backbone, LM head) when the head is a plain linear layer that can be applied to selected rows only.
+
+    None for heads that need the model's own forward (logit soft-capping, a logit scale, a custom head).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    backbone = getattr(base, getattr(base, "base_model_prefix", "model"), None)
+    plain_head = type(head) is torch.nn.Linear and not getattr(base.config, "final_logit_softcapping", None)
+    fast = chunked and plain_head and backbone is not None and not hasattr(base.config, "logit_scale")
+    return (backbone, head) if fast else None
+
+
 def select_trained_positions(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states that predict a trained token, and those tokens: (N, H), (N,)."""
     shift_hidden = hidden[:, :-1, :]  # (B, T-1, H): position t predicts token t+1
