@@ -44,7 +44,7 @@ def data_check(
     data: list[str] = typer.Argument(..., help="Files or folders (JSONL, JSON, CSV, Parquet)."),
     model: Optional[str] = typer.Option(None, "--model", help="Tokenizer and chat template to measure with (default: the embedded SmolLM2)."),
     max_seq_len: int = typer.Option(1024, "--max-seq-len", help="Length above which examples would be truncated."),
-    fmt: str = typer.Option("auto", "--format", help="auto | alpaca | messages | sharegpt | completion | text"),
+    fmt: str = typer.Option("auto", "--format", help="auto | alpaca | messages | sharegpt | completion | text | dpo | preference"),
     validation: Optional[str] = typer.Option(None, "--validation", help="A validation file to check for overlap with the training data."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     allow_any_role_order: bool = typer.Option(False, "--allow-any-role-order", help="Keep chats with roles out of order when the model's chat template renders them."),

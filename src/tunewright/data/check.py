@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .conversation import Conversation, LoadedRows
 from .dataset import length_stats, tokenize_one
-from .formats import load_conversations
+from .formats import data_kind, load_conversations, read_detected
 from .validate import bad_rows_json, duplicate_counts, overlap_count
 
 # (lowest example count, what that many examples can teach), from the product brief
@@ -37,13 +37,20 @@ def check_data(paths, model: str | None = None, max_seq_len: int = 1024, fmt: st
     """Validate and measure data files; the report says what training would see (JSON-serialisable)."""
     start = time.perf_counter()
     model = model or _default_model()
+    files, missing = read_detected(paths, fmt)
+    val_files = read_detected(validation, fmt) if validation else ([], [])
+    if data_kind(files + val_files[0]) == "preference":  # data check has no objective: the files say which kind
+        report = check_pairs((files, missing), val_files if validation else None, _load_tokenizer(model), model, max_seq_len, fmt)
+        report["seconds"] = round(time.perf_counter() - start, 2)
+        return report
     tokenizer = _load_tokenizer(model)
     order = {"any_role_order": allow_any_role_order, "tokenizer": tokenizer}
-    train = load_conversations(paths, fmt, **order)
-    val = load_conversations(validation, fmt, **order) if validation else LoadedRows()
+    train = _with_missing(load_conversations(paths, fmt, files=files, **order), missing)
+    val = _with_missing(load_conversations(validation, fmt, files=val_files[0], **order), val_files[1]) if validation else LoadedRows()
     measured = measure(train.conversations, tokenizer, max_seq_len)
     bad = train.bad_rows + val.bad_rows
     report = {
+        "kind": "sft",
         "model": model,
         "max_seq_len": max_seq_len,
         "format": fmt,
@@ -61,6 +68,54 @@ def check_data(paths, model: str | None = None, max_seq_len: int = 1024, fmt: st
     report["guidance"] = guidance(report)
     report["seconds"] = round(time.perf_counter() - start, 2)
     return report
+
+
+def _with_missing(rows: LoadedRows, missing: list) -> LoadedRows:
+    """Paths that were not there come first among the bad rows, as load_conversations lists them."""
+    rows.bad_rows[:0] = missing
+    return rows
+
+
+def check_pairs(train_files: tuple, val_files: tuple | None, tokenizer, model: str, max_seq_len: int, fmt: str) -> dict:
+    """The data check of preference pairs: pairs, prompt/chosen/rejected token lengths, truncation, drops, duplicates, bad rows."""
+    from .pairs import duplicate_pairs, prompt_overlap, sort_bad_rows, split_lengths, tokenize_pairs
+    from .preference import load_pairs
+
+    train = load_pairs(None, fmt, files=train_files[0])
+    val = load_pairs(None, fmt, files=val_files[0]) if val_files else None
+    tokens = tokenize_pairs(train.pairs, tokenizer, max_seq_len)
+    val_tokens = tokenize_pairs(val.pairs, tokenizer, max_seq_len) if val else None
+    bad = list(train_files[1]) + sort_bad_rows(train.bad_rows + tokens.bad_rows)
+    if val:
+        bad += list(val_files[1]) + sort_bad_rows(val.bad_rows + val_tokens.bad_rows)
+    report = {
+        "kind": "preference", "model": model, "max_seq_len": max_seq_len, "format": fmt,
+        "files": _files(train, "train") + (_files(val, "validation") if val else []),
+        "rows": len(tokens.pairs), "pairs": len(tokens.pairs), "validation_rows": len(val_tokens.pairs) if val else 0,
+        "bad_rows": bad_rows_json(bad), "bad_row_count": len(bad),
+        **split_lengths(tokens), "truncated": tokens.truncated, "dropped": len(tokens.dropped), "dropped_examples": tokens.dropped[:10],
+        "duplicates": duplicate_pairs(tokens.rows),
+        "train_validation_overlap": prompt_overlap(tokens.rows, val_tokens.rows) if val else None,
+    }
+    report["guidance"] = pairs_guidance(report)
+    return report
+
+
+def pairs_guidance(report: dict) -> dict:
+    n, warnings = report["pairs"], []
+    if n < 100:
+        warnings.append(f"only {n} pair{'s' if n != 1 else ''}: preference tuning on this few mostly memorises them")
+    if report["duplicates"]["exact"]:
+        warnings.append(f"{report['duplicates']['exact']} pairs repeat an earlier pair exactly: they over-weight it; deduplicate")
+    if report["truncated"]:
+        warnings.append(f"{report['truncated']} pairs have an answer longer than {report['max_seq_len']} tokens with its prompt, "
+                        "cut from the right: raise data.max_seq_len or shorten them")
+    if report["dropped"]:
+        warnings.append(f"{report['dropped']} pairs have identical answers once cut to max_seq_len and would be dropped")
+    overlap = report.get("train_validation_overlap")
+    if overlap and overlap["count"]:
+        warnings.append(f"{overlap['count']} validation pairs share their prompt with a training pair: held-out accuracy will be inflated")
+    return {"size": size_guidance(n).replace("examples", "pairs"), "warnings": warnings}
 
 
 def _default_model() -> str:
@@ -161,10 +216,12 @@ def print_check_report(report: dict, console=None) -> None:
     console.print(files)
     if report["bad_rows"]:
         _print_bad_rows(console, report)
-    console.print(_lengths_table(report))
-    console.print(_quality_table(report))
+    pairs = report.get("kind") == "preference"
+    console.print(_pair_lengths_table(report) if pairs else _lengths_table(report))
+    console.print(_pair_quality_table(report) if pairs else _quality_table(report))
     g = report["guidance"]
-    console.print(f"[bold]{report['rows']} usable example{'s' if report['rows'] != 1 else ''}[/] ({g['size']})", highlight=False)
+    noun = "preference pair" if pairs else "example"
+    console.print(f"[bold]{report['rows']} usable {noun}{'s' if report['rows'] != 1 else ''}[/] ({g['size']})", highlight=False)
     for w in g["warnings"]:
         console.print(f"[yellow]warning:[/] {_escape(w)}", highlight=False)
     verdict = f"[red]{report['bad_row_count']} bad rows[/]: fix them or set data.on_bad_rows: skip" if report["bad_rows"] else "[green]no bad rows[/]"
@@ -207,4 +264,26 @@ def _quality_table(report: dict):
         t.add_column(col, justify="right")
     d, o = report["duplicates"], report["train_validation_overlap"]
     t.add_row(str(d["exact"]), str(d["near"]), str(d["same_prompt_other_answer"]), "-" if o is None else str(o["count"]))
+    return t
+
+
+def _pair_lengths_table(report: dict):
+    from rich.table import Table
+
+    t = Table(title=f"Tokens per pair ({Path(report['model']).name} chat template; answers include their end-of-turn)", title_justify="left")
+    for col in ("", "p50", "p90", "p99", "max", "mean"):
+        t.add_column(col, justify="right")
+    for name, key in (("prompt", "prompt_lengths"), ("chosen", "chosen_lengths"), ("rejected", "rejected_lengths"), ("prompt + longer answer", "token_lengths")):
+        t.add_row(name, *(str(report[key][k]) for k in ("p50", "p90", "p99", "max", "mean")))
+    return t
+
+
+def _pair_quality_table(report: dict):
+    from rich.table import Table
+
+    t = Table(title="Truncation, duplicates and overlap", title_justify="left")
+    for col in (f"answer cut at {report['max_seq_len']}", "dropped", "duplicate pairs", "train/validation overlap"):
+        t.add_column(col, justify="right")
+    o = report["train_validation_overlap"]
+    t.add_row(str(report["truncated"]), str(report["dropped"]), str(report["duplicates"]["exact"]), "-" if o is None else str(o["count"]))
     return t
