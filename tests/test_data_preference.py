@@ -188,3 +188,16 @@ def test_train_cli_on_pairs_with_objective_sft_exits_2(tmp_path, tiny_model_dir)
     assert proc.returncode == 2, proc.stderr
     assert "preference pairs" in proc.stderr and "objective=dpo" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_example_pairs_are_valid_and_rebuild_identically(tmp_path):
+    examples = __import__("conftest").EXAMPLES
+    builder = examples.parent / "build_preference_pairs.py"
+    subprocess.run([sys.executable, str(builder), "--out", str(tmp_path)], check=True, capture_output=True, timeout=60)
+    for split, n in (("train", 200), ("test", 50)):
+        committed = examples / f"pairs-{split}.jsonl"
+        assert (tmp_path / committed.name).read_bytes() == committed.read_bytes()
+        loaded = load_pairs(committed)
+        assert len(loaded.pairs) == n and loaded.bad_rows == [] and loaded.formats == {str(committed): "dpo"}
+    train_prompts = {r.prompt for r in load_pairs(examples / "pairs-train.jsonl").pairs}
+    assert not train_prompts & {r.prompt for r in load_pairs(examples / "pairs-test.jsonl").pairs}
