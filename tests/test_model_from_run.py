@@ -95,6 +95,8 @@ def test_resume_reloads_the_same_merged_base_without_rebuilding_it(tiny_model_di
     assert adapter_cfg["base_model_name_or_path"] == str(base_dir)
     saved = yaml.safe_load((tmp_path / "second" / "config.yaml").read_text())
     assert saved["model"] == str(tmp_path / "sft") and saved["train"]["max_steps"] == 3
+    steps = [json.loads(line)["step"] for line in (tmp_path / "second" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3], "the resumed run continues from step 2 on the same base"
 
 
 def test_a_run_started_from_a_full_run_uses_its_model_folder(tiny_model_dir, data, tmp_path):
