@@ -86,7 +86,7 @@ def test_multi_turn_prompt_trains_only_the_last_answer(tmp_path, tok):
 BAD_ROWS = [
     (openai_row(1, chosen="Same.", rejected=" Same. "), "non_preferred_output[0].content", "identical"),
     (openai_row(2, chosen="  "), "preferred_output[0].content", "empty answer"),
-    (openai_row(3, prompt=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]), "input.messages[1].role", "not a user turn"),
+    (openai_row(3, prompt=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]), "input.messages[1].role", "last turn is assistant, not user"),
     (openai_row(4, prompt=[{"role": "user", "content": "Hi"}, {"role": "user", "content": "Sum?"}]), "input.messages[1].role", "two user turns in a row"),
     ({"input": {"messages": [{"role": "user", "content": "fox " * 80}]}, **{k: v for k, v in openai_row(5).items() if k != "input"}},
      "input.messages", "the prompt alone is"),

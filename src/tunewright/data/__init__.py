@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from .conversation import BadRow, Conversation, LoadedRows, Message
-from .formats import FORMATS, load_conversations
+from .formats import FORMATS, PREFERENCE_FORMATS, data_kind, load_conversations, read_detected
+from .preference import PreferencePair, load_pairs
 
-__all__ = ["BadRow", "Conversation", "FORMATS", "LoadedRows", "Message", "PreparedData", "load_conversations", "prepare_data"]
+__all__ = ["BadRow", "Conversation", "FORMATS", "LoadedRows", "Message", "PREFERENCE_FORMATS", "PreferencePair", "PreparedData",
+           "data_kind", "load_conversations", "load_pairs", "prepare_data", "read_detected"]
 
 
 def __getattr__(name: str):

@@ -96,7 +96,7 @@ def check_pair(parts: tuple[list[Message], str, str, str, str, str], source: str
     if not prompt:
         raise RowError(prompt_field, "empty prompt", "give the user message the answers respond to")
     if prompt[-1].role != "user":
-        raise RowError(f"{prompt_field}[{len(prompt) - 1}].role", f"prompt ends with a {prompt[-1].role} turn, not a user turn", PROMPT_END_FIX)
+        raise RowError(f"{prompt_field}[{len(prompt) - 1}].role", f"the prompt's last turn is {prompt[-1].role}, not user", PROMPT_END_FIX)
     problem = role_order_problem([m.role for m in prompt])
     if problem is not None:
         raise RowError(f"{prompt_field}[{problem[0]}].role", problem[1], ROLE_ORDER_RULE)
