@@ -180,3 +180,150 @@ def test_each_pair_shares_one_forward_pass_with_restarted_positions(tok_model, p
         _count(getattr(pairs[i], side)) for i in mb.pair_ids for side in ("chosen", "rejected")]
     starts = (mb.position_ids == 0) & (mb.seq_ids >= 0)
     assert int(starts.sum()) == 6, "positions restart at every answer of every pair"
+
+
+# ---- whole runs through tunewright.train / the CLI -------------------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from conftest import write_jsonl  # noqa: E402
+from tunewright.config import load_config  # noqa: E402
+from tunewright.train import train  # noqa: E402
+
+CLI = [sys.executable, "-m", "tunewright.cli"]
+RUN_SETS = {"objective": "dpo", "train.precision": "fp32", "train.threads": 1, "eval.after_train": "false",
+            "train.batch_size": 4, "train.learning_rate": 1e-2, "lora.dropout": 0.0, "train.save_total_limit": 5,
+            "train.warmup_ratio": 0.0, "train.scheduler": "constant"}
+
+
+def _pair_rows(n: int, offset: int = 0) -> list[dict]:
+    """TRL's prompt/chosen/rejected format: the word repeated is preferred to another word."""
+    rows = []
+    for i in range(offset, offset + n):
+        w, other = WORDS[i % 8], WORDS[(i + 3) % 8]
+        rows.append({"prompt": [{"role": "user", "content": f"Repeat the word {w}."}],
+                     "chosen": [{"role": "assistant", "content": f"{w} {w} {w}"}],
+                     "rejected": [{"role": "assistant", "content": f"{other}, {other}."}]})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def pair_data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("pairs")
+    return {"train": str(write_jsonl(root / "train.jsonl", _pair_rows(16))),
+            "validation": str(write_jsonl(root / "val.jsonl", _pair_rows(4, offset=5)))}
+
+
+def _run_cfg(model_dir, data, out, **sets):
+    merged = {**RUN_SETS, "data.validation": data["validation"], **{k.replace("__", "."): v for k, v in sets.items()}}
+    return load_config(model=str(model_dir), data__train=data["train"], output_dir=str(out),
+                       overrides=[f"{k}={v}" for k, v in merged.items()])
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_dpo_lora_run_lowers_the_loss_raises_the_margin_and_writes_a_stock_peft_adapter(tiny_model_dir, pair_data, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    result = train(_run_cfg(tiny_model_dir, pair_data, run, train__max_steps=3, train__eval_every=1, train__batch_size=16))
+    rows = _metrics(run)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in ("loss", "reward_margin", "preference_accuracy", "logps_chosen", "logps_rejected"):
+        assert all(isinstance(r[key], float) for r in rows), key
+    # step 1 is measured before any update: a fresh adapter is the reference, so ln 2 per pair and no margin
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-6) and rows[0]["reward_margin"] == pytest.approx(0, abs=1e-6)
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.05 and rows[-1]["reward_margin"] > 0.1, rows
+    # the held-out pairs (evaluated after each update) improve step after step
+    evals = [(r["eval_loss"], r["eval_reward_margin"]) for r in rows]
+    assert evals[2][0] < evals[1][0] < evals[0][0] < math.log(2) and evals[2][1] > evals[0][1] > 0, evals
+    assert rows[-1]["eval_preference_accuracy"] > 0.5, rows[-1]
+    assert result.summary["train_pairs"] == 16 and result.summary["validation_pairs"] == 4
+    assert json.loads((run / "summary.json").read_text())["train_pairs"] == 16
+    assert not (run / "reference_logps.safetensors").exists(), "LoRA's reference is the adapter disabled"
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    stock = PeftModel.from_pretrained(base, run / "adapter")
+    ids = torch.tensor([[1, 5, 9, 20, 33]])
+    with torch.no_grad():
+        torch.testing.assert_close(stock(ids).logits, result.model(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_full_dpo_stores_reference_logps_once_and_orpo_needs_none(tiny_model_dir, pair_data, tmp_path):
+    from safetensors.torch import load_file
+
+    run = tmp_path / "full"
+    sets = {"method": "full", "train__learning_rate": 1e-3, "train__save_every": 1}
+    train(_run_cfg(tiny_model_dir, pair_data, run, train__max_steps=2, **sets))
+    stored = load_file(str(run / "reference_logps.safetensors"))
+    assert stored["train"].shape == (16, 2) and stored["validation"].shape == (4, 2) and (stored["train"] < -1).all()
+    # the precomputed reference is the untrained model: step 1's loss is ln 2 (packing differs: float noise only)
+    assert _metrics(run)[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+
+    # --resume (here: extending the run) reuses the stored reference instead of computing it again
+    import tunewright.train.objectives as objectives
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(objectives, "_reference_logps", lambda *a: pytest.fail("reference log-probs computed again on resume"))
+        train(_run_cfg(tiny_model_dir, pair_data, run, train__max_steps=3, **sets), resume=True)
+    assert [r["step"] for r in _metrics(run)] == [1, 2, 3]
+
+    orpo = tmp_path / "orpo"
+    train(_run_cfg(tiny_model_dir, pair_data, orpo, objective="orpo", train__max_steps=3, train__eval_every=3))
+    rows = _metrics(orpo)
+    assert not (orpo / "reference_logps.safetensors").exists()
+    assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["eval_loss"] < rows[0]["loss"], rows
+
+
+def test_auto_beta_and_learning_rate_for_preference_objectives(tiny_model_dir, pair_data, tmp_path):
+    from tunewright.train.hparams import resolve_auto
+
+    cfg = load_config(model=str(tiny_model_dir), data__train=pair_data["train"], overrides=["objective=dpo"])
+    lora = resolve_auto(cfg, 16, 10_000, torch.device("cpu"))
+    full = resolve_auto(cfg.model_copy(update={"method": "full"}), 16, 10_000, torch.device("cpu"))
+    sft = resolve_auto(cfg.model_copy(update={"objective": "sft"}), 16, 10_000, torch.device("cpu"))
+    assert lora.preference.beta == 0.1
+    assert (lora.train.learning_rate, full.train.learning_rate, sft.train.learning_rate) == (5e-5, 5e-6, 2e-4)
+
+
+def _cli(model_dir, data, out) -> list[str]:
+    sets = {**RUN_SETS, "data.validation": data["validation"], "train.max_steps": 8, "train.save_every": 4,
+            "train.eval_every": 4, "lora.dropout": 0.3}
+    return CLI + ["train", "--model", str(model_dir), "--data", data["train"], "--output", str(out),
+                  *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
+
+
+def test_dpo_resume_after_sigkill_gives_the_same_adapter_as_an_uninterrupted_run(tiny_model_dir, pair_data, tmp_path):
+    from safetensors.torch import load_file
+
+    straight = tmp_path / "straight"
+    subprocess.run(_cli(tiny_model_dir, pair_data, straight), check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(tiny_model_dir, pair_data, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step-4" / "COMPLETE").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before the first checkpoint"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "adapter").exists(), "killed before the end"
+    resumed = subprocess.run(_cli(tiny_model_dir, pair_data, killed) + ["--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+
+    a = load_file(str(straight / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(killed / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    rows = _metrics(killed)
+    assert [r["step"] for r in rows] == list(range(1, 9)), "each step logged once"
+    assert rows[-1]["reward_margin"] == pytest.approx(_metrics(straight)[-1]["reward_margin"], abs=1e-5)

@@ -157,6 +157,7 @@ class PairMicroBatch(MicroBatch):
     seq_ids: torch.Tensor | None = None  # (B, T) the sequence of each token, -1 on padding
     pair_ids: list[int] = field(default_factory=list)  # dataset index of each of its pairs
     sequence_tokens: torch.Tensor | None = None  # (2P,) trained tokens of each sequence
+    reference: torch.Tensor | None = None  # (P, 2) reference log-probs of (chosen, rejected), when precomputed
 
 
 def pair_micro_batches(pairs: list, ids: list[int], pad_id: int, token_budget: int, packing: bool,

@@ -3,6 +3,15 @@
 The rules (also in the README):
 - epochs: 3 under 1,000 examples, 2 under 10,000, else 1 (small sets need repeats; big ones overfit).
 - learning_rate: 2e-4 for LoRA/DoRA/QLoRA, 1e-4 for freeze, 2e-5 for full (1e-5 above 1B parameters).
+  Preference objectives (dpo, orpo) use a tenth of that, about: 5e-5 for LoRA/DoRA/QLoRA, 2e-5 for
+  freeze, 5e-6 for full (2e-6 above 1B). Why lower: SFT moves the model towards fixed targets, while
+  DPO's loss has no floor on the log-probs themselves: it pushes the chosen and rejected answers apart,
+  and a large step lowers the log-probability of both (the chosen answer too) and drifts far from
+  the reference it is meant to stay near (the KL term beta only holds it back through the loss's
+  curvature). Published recipes train full models at 5e-7 to 1e-6 (DPO paper, Zephyr; TRL's default
+  1e-6) and ORPO at 8e-6, all with batches of 64-128 pairs; our smaller default batches (8-32) take
+  noisier steps, so we sit a little above those and keep LoRA's usual ~10x over full fine-tuning.
+- preference.beta: 0.1 (DPO paper, TRL and OpenAI's default; ORPO's lambda, same default in TRL).
 - batch_size (examples per optimizer step): 8 under 1,000 examples, 16 under 10,000, else 32.
 - micro_batch_tokens: 512 on CPU (as fast as 4,096 there, a third less memory), 16,384 on a GPU.
 - precision: bf16 on GPUs that support it and on CPUs with avx512_bf16/amx_bf16; fp32 elsewhere
@@ -19,6 +28,7 @@ import os
 import torch
 
 from ..config import RunConfig
+from .preference_loss import AUTO_BETA
 
 
 def auto_epochs(n_examples: int) -> float:
@@ -29,11 +39,14 @@ def auto_epochs(n_examples: int) -> float:
     return 1
 
 
-def auto_learning_rate(method: str, n_params: int) -> float:
+def auto_learning_rate(method: str, n_params: int, objective: str = "sft") -> float:
+    preference = objective != "sft"
     if method in ("lora", "dora", "qlora"):
-        return 2e-4
+        return 5e-5 if preference else 2e-4
     if method == "freeze":
-        return 1e-4
+        return 2e-5 if preference else 1e-4
+    if preference:
+        return 2e-6 if n_params > 1_000_000_000 else 5e-6
     return 1e-5 if n_params > 1_000_000_000 else 2e-5
 
 
@@ -85,17 +98,22 @@ def total_steps(cfg: RunConfig, n_examples: int) -> int:
 
 
 def resolve_auto(cfg: RunConfig, n_examples: int, n_params: int, device: torch.device) -> RunConfig:
-    """A copy of `cfg` with every `auto` replaced by its value (what goes into config.yaml)."""
+    """A copy of `cfg` with every `auto` replaced by its value (what goes into config.yaml).
+
+    `n_examples` counts preference pairs for dpo / orpo: a step's batch_size is pairs there.
+    """
     cfg = cfg.model_copy(deep=True)
     t = cfg.train
     if t.epochs == "auto":
         t.epochs = auto_epochs(n_examples)
     if t.learning_rate == "auto":
-        t.learning_rate = auto_learning_rate(cfg.method, n_params)
+        t.learning_rate = auto_learning_rate(cfg.method, n_params, cfg.objective)
     if t.batch_size == "auto":
         t.batch_size = min(auto_batch_size(n_examples), max(1, n_examples))
     if t.micro_batch_tokens == "auto":
         t.micro_batch_tokens = 16_384 if device.type == "cuda" else 512
+    if cfg.preference.beta == "auto":
+        cfg.preference.beta = AUTO_BETA
     if t.precision == "auto":
         t.precision = auto_precision(device)
     steps = total_steps(cfg, n_examples)

@@ -1,8 +1,9 @@
-"""The training loop: one function, read top to bottom, the same for every method.
+"""The training loop: one function, read top to bottom, the same for every method and objective.
 
 Gradient accumulation divides the summed loss of every micro-batch by the number of trained
 tokens in the whole optimizer step, so 8 examples in one pass and 2 x 4 accumulated give the
 same gradient (a per-micro-batch mean, as many tools use, weights short examples too much).
+Preference objectives (objectives.py) divide the summed pair losses by the step's pairs instead.
 """
 from __future__ import annotations
 
@@ -107,6 +108,47 @@ def evaluate_loss(loss_module, batches: list[MicroBatch], device) -> float:
     return (total / max(tokens, 1)).item()
 
 
+class TokenObjective:
+    """SFT: cross-entropy summed over a micro-batch's trained tokens; a step divides by its trained tokens."""
+
+    per_token = True
+
+    def __init__(self, model, cfg: RunConfig, pad_id: int):
+        self.cfg, self.pad_id = cfg, pad_id
+        self.module = TokenLoss(model, chunked=cfg.train.chunked_loss)
+        self.data: dict[str, list] = {"train": [], "validation": []}
+
+    def prepare(self, module, accelerator, run_dir: Path, train: list, validation: list) -> None:
+        self.data = {"train": train, "validation": validation}
+
+    def batches(self, split: str, ids: list[int]) -> list[MicroBatch]:
+        return _batches([self.data[split][i] for i in ids], self.cfg, self.pad_id)
+
+    def idle(self) -> MicroBatch:
+        return idle_micro_batch(self.pad_id)
+
+    def weight(self, mb: MicroBatch) -> int:
+        return mb.trained_tokens
+
+    def loss(self, module, mb: MicroBatch, device) -> tuple[torch.Tensor, None]:
+        return module(mb.input_ids.to(device), mb.position_ids.to(device), mb.labels.to(device)), None
+
+    def evaluate(self, module, batches: list[MicroBatch], device) -> dict:
+        return {"eval_loss": evaluate_loss(module, batches, device)}
+
+    def step_metrics(self, accelerator, stats, weight: int) -> dict:
+        return {}
+
+
+def make_objective(model, cfg: RunConfig, pad_id: int):
+    """The loss the loop trains: token cross-entropy for sft, a preference loss on pairs for dpo / orpo."""
+    if cfg.objective == "sft":
+        return TokenObjective(model, cfg, pad_id)
+    from .objectives import PreferenceObjective
+
+    return PreferenceObjective(model, cfg, pad_id)
+
+
 def _global_sum(accelerator, value: int) -> int:
     if accelerator.num_processes == 1:
         return value
@@ -114,18 +156,20 @@ def _global_sum(accelerator, value: int) -> int:
     return int(accelerator.reduce(t, reduction="sum").item())
 
 
-def run_training(model, train: list[TokenizedExample], validation: list[TokenizedExample], cfg: RunConfig,
+def run_training(model, train: list, validation: list, cfg: RunConfig,
                  run_dir: Path, accelerator, pad_id: int, resume_from: Path | None = None) -> LoopResult:
-    """Train `model` in place on `train`; evaluate, checkpoint and log as configured."""
+    """Train `model` in place on `train` (examples, or PreferencePairs for dpo / orpo); evaluate, checkpoint and log."""
     t = cfg.train
     device = accelerator.device
     total = total_steps(cfg, len(train))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, float(t.learning_rate), t.weight_decay, device)
     scheduler = make_scheduler(optimizer, t.scheduler, math.ceil(t.warmup_ratio * total), total)
-    loss_module = TokenLoss(model, chunked=t.chunked_loss)
-    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+    objective = make_objective(model, cfg, pad_id)
+    loss_module, optimizer = accelerator.prepare(objective.module, optimizer)
     loss_module.train()
+    # before a resume loads a checkpoint: full/freeze DPO's reference log-probs come from the base weights
+    objective.prepare(loss_module, accelerator, run_dir, train, validation)
 
     state = {"step": 0, "best_eval_loss": None, "best_checkpoint": None, "evals_without_gain": 0, "tokens": 0,
              **{k: 0 for k in TOTALS}}
@@ -136,7 +180,7 @@ def run_training(model, train: list[TokenizedExample], validation: list[Tokenize
         best_weights = _resumed_best_weights(resumed) if t.early_stopping_patience else None
     metrics_path = Path(run_dir) / "metrics.jsonl"
     _truncate_metrics(metrics_path, state["step"])
-    val_batches = _batches(validation, cfg, pad_id) if validation else []
+    val_batches = objective.batches("validation", list(range(len(validation)))) if validation else []
     result = LoopResult(**{k: state[k] for k in TOTALS})  # totals cover the whole run, resumed or not
     rank, world = accelerator.process_index, accelerator.num_processes
     progress = TrainProgress(total, start=state["step"], enabled=accelerator.is_main_process)
@@ -148,17 +192,21 @@ def run_training(model, train: list[TokenizedExample], validation: list[Tokenize
             epoch, ids = step_example_ids(len(train), int(t.batch_size), t.seed, step)
             # a process whose share is empty (a last step smaller than the world) still runs one zero-weight
             # pass: DDP's gradient all-reduce waits for every process
-            mbs = _batches([train[i] for i in process_share(ids, rank, world)], cfg, pad_id) or [idle_micro_batch(pad_id)]
-            step_trained = _global_sum(accelerator, sum(mb.trained_tokens for mb in mbs))
+            mbs = objective.batches("train", process_share(ids, rank, world)) or [objective.idle()]
+            step_weight = _global_sum(accelerator, sum(objective.weight(mb) for mb in mbs))  # tokens, or pairs
+            step_trained = step_weight if objective.per_token else _global_sum(accelerator, sum(mb.trained_tokens for mb in mbs))
             loss_sum = torch.zeros((), device=device)
+            stats = None
             for k, mb in enumerate(mbs):
                 sync = contextlib.nullcontext() if k == len(mbs) - 1 else accelerator.no_sync(loss_module)
                 with sync:
-                    mb_loss = loss_module(mb.input_ids.to(device), mb.position_ids.to(device), mb.labels.to(device))
-                    # DDP averages gradients over processes, so scale by world size to keep a per-token mean
-                    accelerator.backward(mb_loss * world / max(step_trained, 1))
+                    mb_loss, mb_stats = objective.loss(loss_module, mb, device)
+                    # DDP averages gradients over processes, so scale by world size to keep a per-token (per-pair) mean
+                    accelerator.backward(mb_loss * world / max(step_weight, 1))
                 loss_sum += mb_loss.detach().float()
-            step_loss = _global_sum_float(accelerator, loss_sum) / max(step_trained, 1)
+                if mb_stats is not None:
+                    stats = mb_stats if stats is None else stats + mb_stats
+            step_loss = _global_sum_float(accelerator, loss_sum) / max(step_weight, 1)
             if not math.isfinite(step_loss):
                 last = ckpt.latest_checkpoint(run_dir)
                 raise TrainingDiverged(
@@ -180,9 +228,10 @@ def run_training(model, train: list[TokenizedExample], validation: list[Tokenize
             done = step + 1
             row = {"step": done, "epoch": round(done / steps_per_epoch(len(train), int(t.batch_size)), 4),
                    "loss": step_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                   "tokens": state["tokens"], "tokens_per_s": real / max(elapsed, 1e-9)}
+                   "tokens": state["tokens"], "tokens_per_s": real / max(elapsed, 1e-9),
+                   **objective.step_metrics(accelerator, stats, step_weight)}
             if val_batches and (done % int(t.eval_every) == 0 or done == total):
-                row["eval_loss"] = evaluate_loss(loss_module, val_batches, device)
+                row.update(objective.evaluate(loss_module, val_batches, device))
                 if _track_best(state, row["eval_loss"], done) and t.early_stopping_patience:
                     best_weights = _cpu_copy(accelerator.unwrap_model(model))
             result.final_loss = step_loss

@@ -151,6 +151,8 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
     if accelerator.is_main_process:
         outputs = save_result(model, tokenizer, cfg, run_dir, model_dir)
     summary = build_summary(result, time.perf_counter() - started, params, cfg)
+    if cfg.objective != "sft":  # data.train / data.validation hold PreferencePairs
+        summary.update({"objective": cfg.objective, "train_pairs": len(data.train), "validation_pairs": len(data.validation)})
     if accelerator.is_main_process:
         _write_file(run_dir, "summary.json", json.dumps(summary, indent=2))
         with ckpt.stop_if_write_fails(run_dir, run_dir / "loss_curve.png"):
