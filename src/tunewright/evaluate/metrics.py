@@ -47,6 +47,13 @@ METRICS: dict[str, MetricInfo] = {m.key: m for m in (
     MetricInfo("length", "length (words)", None, 1),
     MetricInfo("user_score", "user scorer", True, 3),
 )}
+PREFERENCE_METRICS: dict[str, MetricInfo] = {m.key: m for m in (  # on preference pairs only: evaluate/preference.py
+    MetricInfo("preference_accuracy", "preference accuracy", True, 3),
+    MetricInfo("logp_margin", "log-prob margin (chosen − rejected)", True, 3),
+    MetricInfo("reward_accuracy", "DPO reward accuracy (ref. = base)", True, 3),
+    MetricInfo("reward_margin", "DPO reward margin (β, ref. = base)", True, 4),
+)}
+ALL_METRICS = {**PREFERENCE_METRICS, **METRICS}  # table order: a pair's preference first
 GENERATION_METRICS = ("exact_match", "accuracy", "token_f1", "rouge_l", "chrf", "bleu", "length")
 
 

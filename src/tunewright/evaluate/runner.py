@@ -2,6 +2,8 @@
 
 Both check their inputs before loading any model (a typo in a path fails in a second, not after a
 minute of loading), score the same examples on every side, then write eval/ and print the table.
+Preference pairs (detected per file, as training detects them) are scored as pairs (evaluate/preference.py)
+and their prompt + chosen answer as the reference for loss and generation metrics.
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ from ..data.conversation import Conversation
 from ..errors import UserError
 from ..models import describe_run
 from .generate import SamplingSettings
+from .loss import max_context
 from .metrics import load_scorer
+from .preference import HeldOutPairs, held_out_from_rows, load_test_pairs, run_beta, tokenize_test_pairs
 from .report import print_summary, write_outputs
 from .results import EvalSettings, run_evaluation
 from .sides import TUNED, Side, base_side, default_compare_base, load_sides
@@ -45,12 +49,19 @@ def evaluate(
     settings = EvalSettings(SamplingSettings(max_new_tokens, temperature, top_p, batch_size, seed), limit, resamples, seed, scorer=scorer)
     check_settings(settings)
     scorer_fn = load_scorer(scorer) if scorer else None
-    conversations = apply_limit(load_test_conversations(paths), limit)
+    files = read_test_files(paths)
+    rows = apply_limit(load_test_pairs(files, " ".join(paths)), limit) if is_preference(files) else None
+    conversations = apply_limit(load_test_conversations(paths, files), limit) if rows is None else []
     sides = load_sides(run_or_model, default_compare_base(run_or_model, compare_base))
-    results = run_evaluation(sides, conversations, settings, scorer_fn)
+    run_dir = run_folder(run_or_model)
+    pairs = None
+    if rows is not None:
+        tuned = sides[-1]
+        rows, tokenized = tokenize_test_pairs(rows, tuned.tokenizer, max_context(tuned.model), " ".join(paths))
+        conversations, pairs = held_out_from_rows(rows, tokenized, run_beta(run_dir))
+    results = run_evaluation(sides, conversations, settings, scorer_fn, pairs)
     results["model"] = model_record(run_or_model, sides)
     results["data"] = paths
-    run_dir = run_folder(run_or_model)
     out = Path(output_dir) if output_dir else (run_dir or default_output_dir(run_or_model))
     _, html_path = write_outputs(results, out / "eval", run_dir / "metrics.jsonl" if run_dir else None)
     if as_json:
@@ -60,24 +71,30 @@ def evaluate(
     return results
 
 
-def evaluate_after_training(run_dir: str | Path, model, tokenizer, conversations: list[Conversation], cfg_eval: Any, base_spec: str) -> dict:
+def evaluate_after_training(run_dir: str | Path, model, tokenizer, conversations: list[Conversation], cfg_eval: Any, base_spec: str,
+                            pairs: HeldOutPairs | None = None) -> dict:
     """Compare the just-trained model with its base, reusing the loaded model (adapter off for the base).
 
     `cfg_eval` is the run config's `eval` section (EvalConfig or a dict); the caller decides whether to
-    run at all (`eval.after_train`). Returns results.json's content, or {} when nothing could be scored.
+    run at all (`eval.after_train`). With `pairs`, `conversations` are their prompt + chosen answer, in the
+    same order. Returns results.json's content, or {} when nothing could be scored.
     """
     get = (lambda k, d: cfg_eval.get(k, d)) if isinstance(cfg_eval, dict) else (lambda k, d: getattr(cfg_eval, k, d))
     sampling = SamplingSettings(get("max_new_tokens", 256), get("temperature", 0.0), get("top_p", 1.0), get("batch_size", 8))
     settings = EvalSettings(sampling, get("limit", None))
     check_settings(settings)
-    examples = apply_limit(scorable(conversations, "the evaluation split"), settings.limit) if conversations else []
+    if pairs is not None:  # every chosen conversation is scorable: keep them aligned with their pairs
+        examples = apply_limit(conversations, settings.limit)
+        pairs = HeldOutPairs(apply_limit(pairs.pairs, settings.limit), apply_limit(pairs.rejected, settings.limit), pairs.beta)
+    else:
+        examples = apply_limit(scorable(conversations, "the evaluation split"), settings.limit) if conversations else []
     if not examples:
         notes.print("[yellow]evaluation skipped: no held-out examples with a reference answer[/]")
         return {}
     run_dir = Path(run_dir)
     tuned = Side(TUNED, run_dir.name, model, tokenizer)
     sides = [base_side(model, tokenizer, base_spec), tuned] if get("compare_base", True) else [tuned]
-    results = run_evaluation(sides, examples, settings)
+    results = run_evaluation(sides, examples, settings, pairs=pairs)
     results["model"] = {"name": run_dir.name, "path": str(run_dir), "base": base_spec}
     results["data"] = [str(d) for d in _as_list(get("data", None))]
     _, html_path = write_outputs(results, run_dir / "eval", run_dir / "metrics.jsonl")
@@ -103,16 +120,32 @@ def check_settings(settings: EvalSettings) -> None:
         raise UserError(f"batch_size {s.batch_size}: must be at least 1", "use e.g. 8")
 
 
-def load_test_conversations(paths: list[str]) -> list[Conversation]:
-    """Held-out conversations from files in any format the data layer reads; bad rows are an error."""
+def read_test_files(paths: list[str]) -> list:
+    """The test files read and their formats detected; a missing path is a UserError."""
     if not paths:
         raise UserError("no test data given", "pass held-out examples with --data test.jsonl")
     for p in paths:
         if not Path(p).exists():
             raise UserError(f"--data {p}: no such file or folder", "check the path to the held-out examples")
+    from ..data import read_detected
+
+    return read_detected(paths)[0]
+
+
+def is_preference(files: list) -> bool:
+    """True for preference pairs (a mix of pairs and instruction data is one UserError)."""
+    from ..data import data_kind
+
+    return data_kind(files) == "preference"
+
+
+def load_test_conversations(paths: list[str], files: list | None = None) -> list[Conversation]:
+    """Held-out conversations from files in any format the data layer reads; bad rows are an error."""
     from ..data import load_conversations
 
-    loaded = load_conversations(paths)
+    if files is None:
+        files = read_test_files(paths)
+    loaded = load_conversations(paths, files=files)
     if loaded.bad_rows:
         first = loaded.bad_rows[0]
         raise UserError(f"{len(loaded.bad_rows)} bad row(s) in the test data, first: {first.source}: {first.field}: {first.reason}",
