@@ -122,10 +122,22 @@ def _grads(model, losses: list[torch.Tensor], n: int) -> dict[str, torch.Tensor]
 CASES = [("dpo", "sigmoid", 0.0), ("dpo", "sigmoid", 0.5), ("dpo", "ipo", 0.0), ("orpo", "sigmoid", 0.0)]
 
 
-@pytest.mark.parametrize("objective,loss,sft_weight", CASES)
-def test_packed_loss_and_gradients_equal_two_separate_passes(tok_model, pairs, objective, loss, sft_weight):
+def _lora(model):
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+    with torch.no_grad():  # B = 0 would make every A gradient zero: give the adapter a value
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return lora
+
+
+@pytest.mark.parametrize("objective,loss,sft_weight,method", [c + ("full",) for c in CASES] + [("dpo", "sigmoid", 0.5, "lora")])
+def test_packed_loss_and_gradients_equal_two_separate_passes(tok_model, pairs, objective, loss, sft_weight, method):
+    """full trains the LM head (plain logits path); LoRA's head is frozen (chunked per-token path)."""
     tok, base = tok_model
-    model = copy.deepcopy(base)
+    model = copy.deepcopy(base) if method == "full" else _lora(copy.deepcopy(base))
     ref = _reference_table(tok, pairs)
     beta = 0.3
     ids = list(range(len(pairs)))
@@ -139,6 +151,21 @@ def test_packed_loss_and_gradients_equal_two_separate_passes(tok_model, pairs, o
     assert packed_grads.keys() == straight_grads.keys()
     for name in packed_grads:
         torch.testing.assert_close(packed_grads[name], straight_grads[name], atol=1e-6, rtol=1e-4)
+
+
+def test_per_token_losses_in_chunks_equal_plain_cross_entropy():
+    from tunewright.train.loss import token_losses
+
+    torch.manual_seed(0)
+    hidden = torch.randn(23, 16, requires_grad=True)
+    weight, bias, targets = torch.randn(50, 16), torch.randn(50), torch.randint(0, 50, (23,))
+    upstream = torch.randn(23)
+    chunked = token_losses(hidden, weight, targets, bias, chunk_size=7)
+    (g_chunked,) = torch.autograd.grad((chunked * upstream).sum(), hidden)
+    plain = F.cross_entropy(F.linear(hidden, weight, bias), targets, reduction="none")
+    (g_plain,) = torch.autograd.grad((plain * upstream).sum(), hidden)
+    torch.testing.assert_close(chunked, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_chunked, g_plain, atol=1e-6, rtol=1e-5)
 
 
 def test_dpo_loss_is_ln2_per_pair_when_policy_is_reference(tok_model, pairs):

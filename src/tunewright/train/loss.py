@@ -137,3 +137,58 @@ def token_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
         with torch.no_grad():
             return _ce_chunks(hidden, weight, bias, targets, chunk_size, (False, False, False))[0]
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_size)
+
+
+def _row_ce_chunks(hidden, weight, bias, targets, chunk_size, want_h):
+    """CE of every row (N,) fp32 and, when asked, d(CE_i)/d(hidden_i) (N, H) fp32, chunk by chunk."""
+    dtype = _matmul_dtype(hidden, weight)
+    w = weight.to(dtype)
+    losses = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if want_h else None
+    for start in range(0, hidden.shape[0], chunk_size):
+        end = min(start + chunk_size, hidden.shape[0])
+        t = targets[start:end].unsqueeze(1)
+        logits = _chunk_logits(hidden[start:end].to(dtype), w, bias)  # (n, V) fp32
+        lse = torch.logsumexp(logits, dim=1)
+        losses[start:end] = lse - logits.gather(1, t).squeeze(1)
+        if want_h:
+            probs = logits.sub_(lse.unsqueeze(1)).exp_()
+            probs.scatter_add_(1, t, torch.full_like(lse, -1.0).unsqueeze(1))
+            grad_h[start:end] = probs.to(dtype) @ w
+    return losses, grad_h
+
+
+class _ChunkedRowCrossEntropy(torch.autograd.Function):
+    """Per-row CE whose gradient for the hidden rows is computed in forward (the head is not trained)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk_size):
+        losses, grad_h = _row_ce_chunks(hidden, weight, bias, targets, chunk_size, ctx.needs_input_grad[0])
+        ctx.save_for_backward(grad_h)
+        ctx.h_dtype = hidden.dtype
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad_h,) = ctx.saved_tensors
+        gh = (grad_h * grad_out.float().unsqueeze(1)).to(ctx.h_dtype) if grad_h is not None else None
+        return gh, None, None, None, None
+
+
+def token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None = None,
+                 chunk_size: int = 1024) -> torch.Tensor:
+    """Cross-entropy of each row of `hidden @ weight.T (+ bias)` against `targets` (no ignored rows): (N,) fp32.
+
+    Preference objectives need a log-prob per token (summed per sequence), not one sum. When the LM head
+    is frozen (LoRA, freeze) only `chunk_size` rows of logits exist at a time and what stays alive for
+    backward is one (N, H) gradient; a trained head takes the plain path (its weight gradient depends on
+    each row's upstream gradient, unknown in forward).
+    """
+    head_trained = weight.requires_grad or (bias is not None and bias.requires_grad)
+    if head_trained and torch.is_grad_enabled():
+        logits = torch.nn.functional.linear(hidden, weight, bias).float()
+        return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    if not (torch.is_grad_enabled() and hidden.requires_grad):
+        with torch.no_grad():
+            return _row_ce_chunks(hidden, weight, bias, targets, chunk_size, False)[0]
+    return _ChunkedRowCrossEntropy.apply(hidden, weight, bias, targets, chunk_size)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .loss import IGNORE_INDEX, head_parts
+from .loss import IGNORE_INDEX, head_parts, token_losses
 
 AUTO_BETA = 0.1
 STAT_NAMES = ("loss", "reward_margin", "preference_accuracy", "logps_chosen", "logps_rejected")
@@ -36,7 +36,8 @@ class SequenceLogps(torch.nn.Module):
     """A causal LM whose forward returns, per sequence, the summed log-probability of its trained tokens.
 
     `seq_ids` (B, T) says which sequence each token belongs to (-1 for padding); a label at position t
-    belongs to the sequence of token t. Only trained positions go through the LM head.
+    belongs to the sequence of token t. Only trained positions go through the LM head, a chunk of rows at a
+    time when the head is frozen (loss.token_losses).
     """
 
     def __init__(self, model):
@@ -50,12 +51,12 @@ class SequenceLogps(torch.nn.Module):
         if self._parts is not None:
             backbone, head = self._parts
             hidden = backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
-            logits = head(hidden[:, :-1][keep]).float()
+            token_logps = -token_losses(hidden[:, :-1][keep], head.weight, targets[keep], head.bias)
         else:
             logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[:, :-1][keep].float()
-        token_logps = -F.cross_entropy(logits, targets[keep], reduction="none")
+            token_logps = -F.cross_entropy(logits, targets[keep], reduction="none")
         # out of place, so an empty micro-batch still returns a tensor connected to the graph
-        return torch.zeros(n_seqs, dtype=torch.float32, device=logits.device).index_add(0, seq_ids[:, 1:][keep], token_logps)
+        return torch.zeros(n_seqs, dtype=torch.float32, device=token_logps.device).index_add(0, seq_ids[:, 1:][keep], token_logps)
 
 
 @dataclass
