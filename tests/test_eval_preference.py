@@ -80,6 +80,7 @@ def test_after_dpo_training_the_validation_pairs_are_evaluated_as_pairs(dpo_run)
     assert set(example["logps"]) == {"base", "tuned"} and set(example["scores"]["tuned"]) >= set(PREFERENCE_KEYS)
     html = (run / "eval" / "report.html").read_text()
     assert 'data-metric="preference_accuracy"' in html and "DPO reward margin" in html and "green green green" in html
+    assert 'id="preference-note"' in html and f"β = {BETA}" in html and "<th>rejected</th>" in html
 
 
 def _answer_logp(model, example) -> float:
@@ -132,3 +133,22 @@ def test_a_bad_pair_is_one_user_error_before_any_model_loads(tmp_path):
     with pytest.raises(UserError) as err:
         evaluate(str(tmp_path / "no-such-model"), data=[str(path)])
     assert f"{path}:2" in err.value.message and "identical" in err.value.message
+
+
+def test_a_dpo_runs_eval_data_is_read_as_the_kind_it_is(dpo_run, pair_files, tmp_path):
+    """config.yaml says `format: preference` (the detected pair format): eval.data must not be forced into it."""
+    from dataclasses import replace
+
+    from tunewright import workflow
+
+    def with_eval_data(path):
+        cfg = dpo_run.config
+        return replace(dpo_run, config=cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"data": str(path)})}))
+
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"messages": [{"role": "user", "content": "Repeat the word fox."},
+                                                                 {"role": "assistant", "content": "fox fox fox"}]}])
+    assert [c.reference() for c in workflow.held_out_conversations(with_eval_data(chats))] == ["fox fox fox"]
+    assert workflow.held_out_pairs(with_eval_data(chats)) is None  # instruction data: generation metrics only
+    conversations, pairs = workflow.held_out_pairs(with_eval_data(pair_files["train"]))
+    assert len(conversations) == len(pairs.pairs) == 16 and pairs.beta == BETA
+    assert conversations[0].reference() == "green green green" and pairs.rejected[0] == "paper paper paper"
