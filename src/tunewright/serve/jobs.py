@@ -2,140 +2,35 @@
 
 Existing client code (`client.files.create`, `client.fine_tuning.jobs.create`, ...) runs unchanged;
 each job becomes a tunewright run folder, and a succeeded job's `fine_tuned_model` id is served by
-this same server at once. tunewright-only knobs travel in an optional `tunewright` object
+this same server at once. `method.type` "supervised" trains on instruction data and "dpo" on
+preference pairs (objective dpo); a file of the other kind is refused when the job is created.
+tunewright-only knobs travel in an optional `tunewright` object
 (`extra_body={"tunewright": {"method": "dora", "settings": {"train.max_steps": 50}}}`), limited to
 keys that cannot point the trainer at other files.
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
-from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+from pydantic import ValidationError
 
 from .errors import OpenAIError
+from .jobs_request import (ALLOWED_SETTINGS, METHOD_DATA, CreateJob, Extras, check_setting_limits, hyperparameters_of,
+                           method_type_of)
 from .jobs_runner import JobRunner, job_config
 from .jobs_store import ACTIVE, JobStore, new_id, now, page
 from .registry import BASE_ADAPTER, Registry
 
-ALLOWED_SETTINGS = {
-    "train.max_steps", "train.seed", "train.warmup_ratio", "train.scheduler", "train.eval_every", "train.save_every",
-    "train.weight_decay", "lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "data.max_seq_len",
-    "data.packing", "eval.after_train",
-}
-# Upper bounds for settings a client could otherwise use to tie the machine up for days or run it out of memory.
-SETTING_LIMITS = {"train.max_steps": (1, 100_000), "lora.r": (1, 256), "data.max_seq_len": (16, 32_768)}
-SEED_MAX = 2**32 - 1  # what torch, numpy and random all accept; SQLite's INTEGER holds it
-METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
 UPLOAD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-
-
-def _auto_or(kinds: tuple[type, ...], what: str) -> PlainValidator:
-    """'auto' or a JSON number of the given kind: "3" and true are refused, not coerced to 3 and 1."""
-    def check(value: Any) -> Any:
-        if value == "auto" and isinstance(value, str):
-            return value
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            raise ValueError(f"must be 'auto' or {what}, got {json.dumps(value)}")
-        return float(value) if float in kinds else value
-    return PlainValidator(check)
-
-
-def _check_metadata(value: Any) -> dict[str, str] | None:
-    """OpenAI's metadata rules: at most 16 string pairs, keys up to 64 characters, values up to 512."""
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ValueError("must be an object of string keys and string values")
-    if len(value) > METADATA_PAIRS:
-        raise ValueError(f"has {len(value)} pairs; at most {METADATA_PAIRS} are allowed")
-    for key, item in value.items():
-        if len(key) > METADATA_KEY_CHARS:
-            raise ValueError(f"key '{key[:20]}...' is longer than {METADATA_KEY_CHARS} characters")
-        if not isinstance(item, str):
-            raise ValueError(f"value of '{key}' must be a string, got {json.dumps(item)}")
-        if len(item) > METADATA_VALUE_CHARS:
-            raise ValueError(f"value of '{key}' is longer than {METADATA_VALUE_CHARS} characters")
-    return value
-
-
-def _check_seed(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
-        raise ValueError(f"must be an integer from 0 to {SEED_MAX}, got {json.dumps(value)}")
-    return value
-
-
-AutoInt = Annotated[Any, _auto_or((int,), "an integer")]
-AutoFloat = Annotated[Any, _auto_or((int, float), "a number")]
-
-
-class Hyperparameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    n_epochs: AutoInt = Field("auto", description="1..50")
-    batch_size: AutoInt = "auto"
-    learning_rate_multiplier: AutoFloat = "auto"
-
-    def check(self, where: str) -> "Hyperparameters":
-        for name, value, low, high in (("n_epochs", self.n_epochs, 1, 50), ("batch_size", self.batch_size, 1, 1024),
-                                       ("learning_rate_multiplier", self.learning_rate_multiplier, 1e-6, 100)):
-            if value != "auto" and not low <= value <= high:
-                raise OpenAIError(400, f"{where}.{name} must be 'auto' or between {low} and {high}.",
-                                  param=f"{where}.{name}", code="invalid_value")
-        return self
-
-
-class Supervised(BaseModel):
-    hyperparameters: Hyperparameters | None = None
-
-
-class Method(BaseModel):
-    type: str = "supervised"
-    supervised: Supervised | None = None
-
-
-class Extras(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    method: Literal["lora", "dora", "qlora", "full", "freeze"] = "lora"
-    settings: dict[str, Any] = Field(default_factory=dict)
-
-
-class CreateJob(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str
-    training_file: str
-    validation_file: str | None = None
-    hyperparameters: Hyperparameters | None = None
-    method: Method | None = None
-    suffix: str | None = Field(None, max_length=64)
-    seed: Annotated[Any, PlainValidator(_check_seed)] = None
-    metadata: Annotated[Any, PlainValidator(_check_metadata)] = None
-    tunewright: Extras | None = None
-
-
-def _hyperparameters(body: CreateJob) -> tuple[Hyperparameters, str]:
-    """The job's hyperparameters and where they came from (for the `param` of an error)."""
-    supervised = body.method and body.method.supervised
-    if supervised and supervised.hyperparameters is not None:
-        return supervised.hyperparameters, "method.supervised.hyperparameters"
-    return body.hyperparameters or Hyperparameters(), "hyperparameters"
-
-
-def _check_setting_limits(settings: dict[str, Any]) -> None:
-    """Integer settings must be JSON integers within SETTING_LIMITS (train.max_steps may also be null)."""
-    for key, (low, high) in SETTING_LIMITS.items():
-        if key not in settings or (key == "train.max_steps" and settings[key] is None):
-            continue
-        value = settings[key]
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise OpenAIError(400, f"tunewright.settings {key} must be an integer from {low} to {high}, got {json.dumps(value)}.",
-                              param=f"tunewright.settings.{key}", code="invalid_value")
+# How to describe each kind of data (data.formats kinds) in an error, and what to upload instead.
+KIND_WORDS = {"sft": "instruction data (one answer per prompt)", "preference": "preference pairs (a chosen and a rejected answer)"}
+KIND_FIX = {"sft": 'rows like {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}',
+            "preference": 'rows like {"input": {"messages": [...]}, "preferred_output": [{"role": "assistant", ...}], '
+                          '"non_preferred_output": [{"role": "assistant", ...}]}'}
 
 
 def file_object(row: dict) -> dict:
@@ -203,6 +98,21 @@ class JobsService:
             raise OpenAIError(400, f"File '{file_id}' was not uploaded with purpose 'fine-tune'.", param=param, code="invalid_file")
         return row
 
+    def _require_kind(self, row: dict | None, method_type: str, param: str) -> None:
+        """A supervised job needs instruction data and a dpo job preference pairs: refuse the other kind now."""
+        if row is None:
+            return
+        wanted = METHOD_DATA[method_type]
+        kind, fmt = row.get("kind"), row.get("format")
+        if kind is None:  # uploaded by a version that did not record it
+            kind, fmt = _file_kind(Path(row["path"]))
+        if kind == wanted:
+            return
+        other = next(t for t, k in METHOD_DATA.items() if k == kind)
+        raise OpenAIError(400, f"File '{row['id']}' ({row['filename']}) holds {KIND_WORDS[kind]} in the {fmt} format, but a "
+                          f"'{method_type}' job trains on {KIND_WORDS[wanted]}. Upload {KIND_FIX[wanted]}, or create the job "
+                          f"with method.type '{other}'.", param=param, code="invalid_file")
+
     def _checked_config(self, job: dict, training: dict, validation: dict | None) -> None:
         """Refuse at creation what the trainer would refuse later: every setting must make a valid RunConfig."""
         from ..config import RunConfig
@@ -212,7 +122,7 @@ class JobsService:
         if unknown:
             raise OpenAIError(400, f"tunewright.settings may not set {', '.join(unknown)}; allowed: {', '.join(sorted(ALLOWED_SETTINGS))}.",
                               param="tunewright.settings", code="invalid_value")
-        _check_setting_limits(settings)
+        check_setting_limits(settings)
         try:
             RunConfig.model_validate(job_config(job, training["path"], validation["path"] if validation else None, None))
         except ValidationError as exc:
@@ -222,20 +132,20 @@ class JobsService:
                               code="invalid_value") from None
 
     def create_job(self, body: CreateJob) -> dict:
-        if body.method is not None and body.method.type != "supervised":
-            raise OpenAIError(400, f"Fine-tuning method '{body.method.type}' is not supported; only 'supervised'.",
-                              param="method.type", code="unsupported_parameter")
+        method_type = method_type_of(body)
         if body.suffix is not None and not re.fullmatch(r"[A-Za-z0-9_.-]*", body.suffix):
             raise OpenAIError(400, "suffix may hold only letters, digits, '-', '_' and '.'.", param="suffix", code="invalid_value")
-        hp, where = _hyperparameters(body)
+        hp, where = hyperparameters_of(body, method_type)
         hp = hp.check(where)
         training = self._file_or_400(body.training_file, "training_file")
         validation = self._file_or_400(body.validation_file, "validation_file")
+        self._require_kind(training, method_type, "training_file")
+        self._require_kind(validation, method_type, "validation_file")
         job_id = new_id("ftjob")
         job = {"id": job_id, "model": body.model, "base_spec": self._base_spec(body.model),
                "training_file": training["id"], "validation_file": validation["id"] if validation else None,
                "hyperparameters": hp.model_dump(), "extras": (body.tunewright or Extras()).model_dump(),
-               "suffix": body.suffix, "seed": body.seed if body.seed is not None else 42, "metadata": body.metadata,
+               "method_type": method_type, "suffix": body.suffix, "seed": body.seed if body.seed is not None else 42, "metadata": body.metadata,
                "status": "validating_files",
                "created_at": now(), "run_dir": str((self.store.root / "ft-jobs" / job_id).resolve())}
         self._checked_config(job, training, validation)
@@ -248,21 +158,27 @@ class JobsService:
     # --- output shapes ------------------------------------------------------------------------
 
     def job_object(self, job: dict) -> dict:
+        """OpenAI's job object; once the run has resolved its config, `auto` hyperparameters show their values."""
+        method_type = job.get("method_type") or "supervised"
         hp = dict(job["hyperparameters"] or {})
-        resolved = _resolved_train(job["run_dir"])
-        if resolved:
-            hp["n_epochs"] = resolved.get("epochs", hp.get("n_epochs"))
-            hp["batch_size"] = resolved.get("batch_size", hp.get("batch_size"))
+        resolved = _resolved_config(job["run_dir"])
+        train = resolved.get("train") or {}
+        if train:
+            hp["n_epochs"] = train.get("epochs", hp.get("n_epochs"))
+            hp["batch_size"] = train.get("batch_size", hp.get("batch_size"))
             if hp.get("learning_rate_multiplier") == "auto":
                 hp["learning_rate_multiplier"] = 1.0
+        if method_type == "dpo" and hp.get("beta") == "auto":
+            hp["beta"] = (resolved.get("preference") or {}).get("beta", "auto")
+        top = {k: v for k, v in hp.items() if k != "beta"}  # the top-level object has no beta in OpenAI's API
         return {"object": "fine_tuning.job", "id": job["id"], "model": job["model"], "created_at": job["created_at"],
                 "finished_at": job["finished_at"], "status": job["status"],
                 "fine_tuned_model": job["fine_tuned_model"] if job["status"] == "succeeded" else None,
                 "organization_id": "org-tunewright", "result_files": [], "training_file": job["training_file"],
-                "validation_file": job["validation_file"], "hyperparameters": hp, "trained_tokens": job["trained_tokens"],
+                "validation_file": job["validation_file"], "hyperparameters": top, "trained_tokens": job["trained_tokens"],
                 "error": job["error"], "seed": job["seed"], "estimated_finish": None, "integrations": [],
                 "user_provided_suffix": job["suffix"], "metadata": job.get("metadata"),
-                "method": {"type": "supervised", "supervised": {"hyperparameters": hp}}}
+                "method": {"type": method_type, method_type: {"hyperparameters": hp}}}
 
     def checkpoints(self, job: dict) -> list[dict]:
         """Complete checkpoints of the job's run, newest first, with the metrics logged at that step."""
@@ -304,12 +220,12 @@ class JobsService:
         with open(path, "wb") as out:
             shutil.copyfileobj(upload.file, out, length=2**20)
         try:
-            rows = _validate_training_file(path, name)
+            rows, kind, fmt = _validate_training_file(path, name)
         except OpenAIError:
             path.unlink(missing_ok=True)
             raise
         return self.store.add_file({"id": file_id, "filename": name, "purpose": purpose, "bytes": path.stat().st_size,
-                                    "created_at": now(), "path": str(path), "rows": rows})
+                                    "created_at": now(), "path": str(path), "rows": rows, "kind": kind, "format": fmt})
 
     def cancel(self, job: dict) -> dict:
         if job["status"] not in ACTIVE:
@@ -326,30 +242,48 @@ class JobsService:
         return {"object": "list", "data": data, "has_more": more}
 
 
-def _validate_training_file(path: Path, name: str) -> int:
-    """Rows of a training file, or a 400 quoting its first bad rows (file:line and reason)."""
-    from ..data import load_conversations
+def _file_kind(path: Path) -> tuple[str | None, str | None]:
+    """("sft" | "preference", its format) of a stored file, detected as the trainer will detect it."""
+    from ..data import read_detected
     from ..errors import UserError
 
     try:
-        loaded = load_conversations(str(path))
+        files, _ = read_detected(str(path))
+    except UserError:
+        return None, None
+    known = [f for f in files if f.kind is not None]
+    return (known[0].kind, known[0].fmt) if known else (None, None)
+
+
+def _validate_training_file(path: Path, name: str) -> tuple[int, str, str]:
+    """Rows, kind ("sft" or "preference") and format of a training file, or a 400 quoting its first bad rows."""
+    from ..data import data_kind, load_conversations, load_pairs, read_detected
+    from ..errors import UserError
+
+    try:
+        files, _ = read_detected(str(path))
+        kind = data_kind(files) or "sft"
+        loaded = load_pairs(str(path), files=files) if kind == "preference" else load_conversations(str(path), files=files)
     except UserError as exc:
-        raise OpenAIError(400, f"Invalid file {name}: {exc.message}", param="file", code="invalid_file") from None
+        message = exc.message.replace(str(path), name)  # the server's own paths are not the client's business
+        raise OpenAIError(400, f"Invalid file {name}: {message}", param="file", code="invalid_file") from None
     if loaded.bad_rows:
         shown = "; ".join(str(b).replace(str(path), name) for b in loaded.bad_rows[:3])
         raise OpenAIError(400, f"Invalid file {name}: {len(loaded.bad_rows)} bad row(s): {shown}", param="file", code="invalid_file")
-    if not loaded.conversations:
+    examples = loaded.pairs if kind == "preference" else loaded.conversations
+    if not examples:
         raise OpenAIError(400, f"Invalid file {name}: no training examples found.", param="file", code="invalid_file")
-    return len(loaded.conversations)
+    return len(examples), kind, files[0].fmt
 
 
-def _resolved_train(run_dir: str | None) -> dict:
+def _resolved_config(run_dir: str | None) -> dict:
+    """The run's config.yaml (every `auto` resolved), or {} before the trainer has written it."""
     import yaml
 
     cfg = Path(run_dir or "") / "config.yaml"
     if not cfg.is_file():
         return {}
-    return (yaml.safe_load(cfg.read_text()) or {}).get("train") or {}
+    return yaml.safe_load(cfg.read_text()) or {}
 
 
 def _metrics_by_step(run_dir: Path) -> dict[int, dict]:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from fastapi import FastAPI, File, Form, Query, UploadFile
 
 from .errors import OpenAIError
-from .jobs import CreateJob, JobsService, file_object, file_response
+from .jobs import JobsService, file_object, file_response
+from .jobs_request import CreateJob
 
 
 def _multipart_available() -> bool:

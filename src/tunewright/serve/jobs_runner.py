@@ -25,6 +25,8 @@ from .jobs_store import JobStore, now
 
 log = logging.getLogger("tunewright.serve.jobs")
 POLL_SECONDS = 0.5
+# logged per step by dpo runs, passed on in the metrics events' data
+PREFERENCE_METRICS = ("reward_margin", "preference_accuracy", "logps_chosen", "logps_rejected")
 STOP_GRACE_SECONDS = 10  # how long a stopped trainer gets to exit on SIGTERM before it is killed
 
 # The trainer gets only the environment training needs: never the server's API key or other secrets.
@@ -65,10 +67,17 @@ def trainer_command(config_path: Path, run_dir: Path, resume: bool) -> list[str]
 
 
 def job_config(job: dict, training_path: str, validation_path: str | None, learning_rate: float | None) -> dict:
-    """The run config (YAML) for one job: OpenAI hyperparameters mapped onto tunewright's keys."""
+    """The run config (YAML) for one job: OpenAI hyperparameters mapped onto tunewright's keys.
+
+    A dpo job trains with objective dpo; its beta (unless auto) becomes preference.beta.
+    """
     hp, extras = job["hyperparameters"] or {}, job["extras"] or {}
     config: dict = {"model": job["base_spec"], "method": extras.get("method", "lora"),
                     "data": {"train": training_path}, "train": {"seed": job["seed"]}, "eval": {"after_train": False}}
+    if job.get("method_type") == "dpo":
+        config["objective"] = "dpo"
+        if hp.get("beta", "auto") != "auto":
+            config["preference"] = {"beta": hp["beta"]}
     if validation_path:
         config["data"]["validation"] = validation_path
     if hp.get("n_epochs", "auto") != "auto":
@@ -86,8 +95,8 @@ def job_config(job: dict, training_path: str, validation_path: str | None, learn
     return config
 
 
-def base_learning_rate(base_spec: str, method: str) -> float:
-    """The learning rate `auto` would pick, so learning_rate_multiplier has something to multiply."""
+def base_learning_rate(base_spec: str, method: str, objective: str = "sft") -> float:
+    """The learning rate `auto` would pick (lower for dpo), so learning_rate_multiplier has something to multiply."""
     from ..models import local_model_dir
     from ..train.hparams import auto_learning_rate
 
@@ -99,7 +108,7 @@ def base_learning_rate(base_spec: str, method: str) -> float:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(local_model_dir(base_spec)))
         n_params = sum(p.numel() for p in model.parameters())
-    return auto_learning_rate(method, n_params)
+    return auto_learning_rate(method, n_params, objective)
 
 
 def _alive(pid: int | None, job_id: str) -> bool:
@@ -223,7 +232,8 @@ class JobRunner:
         validation = self.store.file(job["validation_file"]) if job["validation_file"] else None
         multiplier = (job["hyperparameters"] or {}).get("learning_rate_multiplier", "auto")
         method = (job["extras"] or {}).get("method", "lora")
-        lr = None if multiplier == "auto" else float(multiplier) * base_learning_rate(job["base_spec"], method)
+        objective = "dpo" if job.get("method_type") == "dpo" else "sft"
+        lr = None if multiplier == "auto" else float(multiplier) * base_learning_rate(job["base_spec"], method, objective)
         return job_config(job, training["path"], validation["path"] if validation else None, lr)
 
     def _follow(self) -> None:
@@ -263,7 +273,8 @@ class JobRunner:
             if row.get("eval_loss") is not None:
                 message += f", validation loss={row['eval_loss']:.4f}"
             data = {"step": step, "total_steps": total, "train_loss": row["loss"], "valid_loss": row.get("eval_loss"),
-                    "learning_rate": row.get("lr"), "tokens": row.get("tokens")}
+                    "learning_rate": row.get("lr"), "tokens": row.get("tokens"),
+                    **{k: row[k] for k in PREFERENCE_METRICS if k in row}}
             self.store.add_event(job["id"], message, type="metrics", data=data)
             last = step
         self.store.update_job(job["id"], last_step=last)

@@ -20,14 +20,14 @@ DEFAULT_DATABASE_URL = "sqlite:///runs/tunewright.db"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     id TEXT PRIMARY KEY, filename TEXT, purpose TEXT, bytes INTEGER, created_at INTEGER, path TEXT,
-    rows INTEGER
+    rows INTEGER, kind TEXT, format TEXT
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, model TEXT, base_spec TEXT, training_file TEXT, validation_file TEXT,
     hyperparameters TEXT, extras TEXT, suffix TEXT, seed INTEGER, status TEXT, created_at INTEGER,
     started_at INTEGER, finished_at INTEGER, fine_tuned_model TEXT, run_dir TEXT, error TEXT,
     trained_tokens INTEGER, pid INTEGER, last_step INTEGER DEFAULT 0, cancel_requested INTEGER DEFAULT 0,
-    metadata TEXT
+    metadata TEXT, method_type TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, job_id TEXT, created_at INTEGER, level TEXT,
@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
 """
 # Columns added after the first release: a database written by an older version gets them on open.
-ADDED_JOB_COLUMNS = {"metadata": "TEXT"}
+# files.kind ("sft" | "preference") and format: what the upload holds; jobs.method_type: "supervised" | "dpo".
+ADDED_COLUMNS = {"jobs": {"metadata": "TEXT", "method_type": "TEXT"}, "files": {"kind": "TEXT", "format": "TEXT"}}
 JSON_COLUMNS = ("hyperparameters", "extras", "error", "data", "metadata")
 ACTIVE = ("validating_files", "queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -80,10 +81,11 @@ class JobStore:
 
     def _add_missing_columns(self) -> None:
         """Migrate a database from an older version in place; existing rows keep every value (new columns are NULL)."""
-        present = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for name, kind in ADDED_JOB_COLUMNS.items():
-            if name not in present:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+        for table, columns in ADDED_COLUMNS.items():
+            present = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns.items():
+                if name not in present:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     @property
     def root(self) -> Path:
