@@ -165,3 +165,53 @@ def test_job_config_maps_dpo_hyperparameters():
     assert RunConfig.model_validate(job_config(job, "pairs.jsonl", None, 1e-5)).preference.beta == 0.5
     supervised = job | {"method_type": "supervised"}
     assert "objective" not in job_config(supervised, "chat.jsonl", None, None)
+
+
+OLD_TABLES = """
+CREATE TABLE files (id TEXT PRIMARY KEY, filename TEXT, purpose TEXT, bytes INTEGER, created_at INTEGER, path TEXT, rows INTEGER);
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, model TEXT, base_spec TEXT, training_file TEXT, validation_file TEXT,
+    hyperparameters TEXT, extras TEXT, suffix TEXT, seed INTEGER, status TEXT, created_at INTEGER,
+    started_at INTEGER, finished_at INTEGER, fine_tuned_model TEXT, run_dir TEXT, error TEXT,
+    trained_tokens INTEGER, pid INTEGER, last_step INTEGER DEFAULT 0, cancel_requested INTEGER DEFAULT 0, metadata TEXT
+);
+"""
+
+
+def test_a_database_from_before_dpo_keeps_its_files_and_jobs_supervised(tmp_path):
+    """Files uploaded before kinds were recorded are detected when a job names them; old jobs stay supervised."""
+    import sqlite3
+
+    from tunewright.serve.errors import OpenAIError
+    from tunewright.serve.jobs import JobsService
+    from tunewright.serve.jobs_store import JobStore
+
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps(sft_row(1)) + "\n")
+    with sqlite3.connect(tmp_path / "jobs.db") as db:
+        db.executescript(OLD_TABLES)
+        db.execute("INSERT INTO files VALUES ('file-old', 'chat.jsonl', 'fine-tune', 10, 1, ?, 1)", (str(chat),))
+        db.execute("INSERT INTO jobs (id, model, hyperparameters, seed, status, created_at) "
+                   "VALUES ('ftjob-old', 'm', '{\"n_epochs\": 2}', 7, 'succeeded', 1)")
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    service = JobsService(store, registry=None, engine=None)  # the runner thread is not started
+    row = store.file("file-old")
+    assert row["kind"] is None and row["rows"] == 1
+    service._require_kind(row, "supervised", "training_file")  # detected as instruction data: accepted
+    with pytest.raises(OpenAIError) as err:
+        service._require_kind(row, "dpo", "validation_file")
+    assert err.value.param == "validation_file" and "messages format" in err.value.message
+    old = service.job_object(store.job("ftjob-old"))
+    assert old["method"] == {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}}
+
+    run_dir = tmp_path / "run"  # a dpo job whose run has resolved its config: `auto` shows the values used
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"train": {"epochs": 3, "batch_size": 8}, "preference": {"beta": 0.1}}))
+    auto = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto", "beta": "auto"}
+    store.add_job({"id": "ftjob-dpo", "model": "m", "hyperparameters": auto, "method_type": "dpo", "seed": 1,
+                   "status": "running", "created_at": 2, "run_dir": str(run_dir)})
+    job = service.job_object(store.job("ftjob-dpo"))
+    resolved = {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0}
+    assert job["method"] == {"type": "dpo", "dpo": {"hyperparameters": resolved | {"beta": 0.1}}}
+    assert job["hyperparameters"] == resolved  # OpenAI's top-level object has no beta
+    store.close()
