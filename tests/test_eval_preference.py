@@ -152,3 +152,18 @@ def test_a_dpo_runs_eval_data_is_read_as_the_kind_it_is(dpo_run, pair_files, tmp
     conversations, pairs = workflow.held_out_pairs(with_eval_data(pair_files["train"]))
     assert len(conversations) == len(pairs.pairs) == 16 and pairs.beta == BETA
     assert conversations[0].reference() == "green green green" and pairs.rejected[0] == "paper paper paper"
+
+
+def test_a_validation_split_is_found_again_by_its_rows_file_and_line(dpo_run, pair_files):
+    """Without data.validation the held-out pairs are rows of data.train: training hands back their sources."""
+    from dataclasses import replace
+
+    from tunewright import workflow
+    from tunewright.data import load_pairs
+
+    rows = load_pairs(pair_files["train"]).pairs
+    cfg = dpo_run.config.model_copy(update={"data": dpo_run.config.data.model_copy(update={"validation": None})})
+    held = [rows[5].chosen_conversation(), rows[2].chosen_conversation()]
+    conversations, pairs = workflow.held_out_pairs(replace(dpo_run, config=cfg, held_out=held))
+    assert [c.source for c in conversations] == [rows[5].source, rows[2].source]
+    assert pairs.rejected == [rows[5].rejected, rows[2].rejected] and [p.source for p in pairs.pairs] == [rows[5].source, rows[2].source]
