@@ -43,6 +43,24 @@ def test_estimate_reads_only_the_config_of_a_folder(tiny_model_dir, monkeypatch)
     assert estimate(str(tiny_model_dir), method="full")["parameters"] == real
 
 
+def test_estimate_of_a_previous_run_reads_its_base_or_model_config(tiny_model_dir, tmp_path, monkeypatch):
+    """`--model runs/sft` trains on that run's model, so estimate sizes the same architecture, loading nothing."""
+    import json
+    import shutil
+
+    real = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters())
+    lora_run = tmp_path / "lora-run"
+    (lora_run / "adapter").mkdir(parents=True)
+    (lora_run / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_model_dir)}))
+    (lora_run / "config.yaml").write_text(f"model: {tiny_model_dir}\n")
+    full_run = tmp_path / "full-run"
+    (full_run / "model").mkdir(parents=True)
+    shutil.copy(tiny_model_dir / "config.json", full_run / "model" / "config.json")
+    _no_weight_loading(monkeypatch)
+    assert estimate(str(lora_run), method="lora")["parameters"] == real
+    assert estimate(str(full_run), method="full")["parameters"] == real
+
+
 def test_estimate_reads_only_the_metadata_of_a_gguf_file(tiny_model_dir, tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ..config import RunConfig, load_config
 from ..errors import UserError
-from ..models import resolve_model
+from ..models import describe_run, resolve_model
 from .methods import ParamCounts, apply_method, count_parameters, is_adapter_method
 
 GB = 1024**3
@@ -40,6 +40,9 @@ def model_config(model_spec: str, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     source = resolve_model(model_spec)
+    if source.kind == "run":  # a previous run: a LoRA run has its base's shape, a full run its model/ folder's
+        run = describe_run(source.path)
+        return model_config(run["model"] if "model" in run else run["base"], trust_remote_code)
     try:
         if source.kind == "gguf":  # the GGUF header and metadata (repaired as for training); no weight is dequantized
             from ..gguf_config import gguf_config
