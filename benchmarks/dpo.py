@@ -19,7 +19,12 @@ import shutil
 import sys
 from pathlib import Path
 
-from tunewright.bench import find_baseline_python, load_average, run_logged, tunewright_result
+from tunewright.bench import (
+    find_baseline_python,
+    load_average,
+    run_logged,
+    tunewright_result,
+)
 
 HERE = Path(__file__).resolve().parent
 TOOLS = ("tunewright", "trl")
@@ -105,8 +110,8 @@ def markdown(report: dict) -> str:
                      f"{r['peak_memory_bytes'] / 1e9:.2f} GB | {r.get('first_train_loss')} | {r.get('final_train_loss')} |")
     q = report["ratios"]
     if q:
-        lines += ["", f"tokens/s ratio tunewright / TRL: {q['tokens_per_s']:.2f}x (goal >= 2x); "
-                      f"peak memory ratio: {q['peak_memory']:.2f}x (goal <= 0.5x)"]
+        lines += ["", (f"tokens/s ratio tunewright / TRL: {q['tokens_per_s']:.2f}x (goal >= 2x); "
+                       f"peak memory ratio: {q['peak_memory']:.2f}x (goal <= 0.5x)")]
     lines.append(f"\nload average before {report['load_before']}, after {report['load_after']}")
     return "\n".join(lines)
 

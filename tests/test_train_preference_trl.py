@@ -22,13 +22,14 @@ import torch
 trl = pytest.importorskip("trl", reason="trl is not installed here (make bench installs it into .venv-bench; run "
                                         ".venv-bench/bin/python -m pytest tests/test_train_preference_trl.py)")
 
-from conftest import write_jsonl  # noqa: E402
-from tunewright.config import load_config  # noqa: E402
-from tunewright.data import prepare_data  # noqa: E402
-from tunewright.data.pairs import first_label  # noqa: E402
-from tunewright.models import ensure_pad_token, load_model, load_tokenizer  # noqa: E402
-from tunewright.train.objectives import PreferenceObjective  # noqa: E402
-from tunewright.train.preference_loss import PairLogps  # noqa: E402
+from conftest import write_jsonl
+
+from tunewright.config import load_config
+from tunewright.data import prepare_data
+from tunewright.data.pairs import first_label
+from tunewright.models import ensure_pad_token, load_model, load_tokenizer
+from tunewright.train.objectives import PreferenceObjective
+from tunewright.train.preference_loss import PairLogps
 
 BETA = 0.1
 WORDS = ["apple", "river", "stone", "cloud", "green", "tiger", "paper", "light"]
