@@ -23,7 +23,7 @@ from .jobs_request import (ALLOWED_SETTINGS, METHOD_DATA, CreateJob, Extras, che
                            method_type_of)
 from .jobs_runner import JobRunner, job_config
 from .jobs_store import ACTIVE, JobStore, new_id, now, page
-from .registry import BASE_ADAPTER, Registry
+from .registry import BASE_ADAPTER, Registry, ServedModel
 
 UPLOAD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 # How to describe each kind of data (data.formats kinds) in an error, and what to upload instead.
@@ -70,21 +70,28 @@ class JobsService:
     @staticmethod
     def _fine_tuned_id(job: dict) -> str:
         base = Path(job["model"]).name if "/" in job["model"] else job["model"]
+        if base.startswith("ft:"):  # a job on a fine-tune names the original base, as OpenAI does
+            base = base.split(":")[1]
         return f"ft:{base}:tunewright:{job['suffix'] or ''}:{job['id'][-8:]}"
 
     # --- validation ---------------------------------------------------------------------------
 
     def _base_spec(self, model: str) -> str:
-        """The model a job trains from: a served base (not an adapter), or the embedded default."""
-        from ..models import EMBEDDED_DEFAULT, describe_run
+        """The model a job trains from: what a served model was loaded from, or the embedded default.
+
+        A served fine-tune (a job's `fine_tuned_model`, or a run or adapter folder given to `serve`)
+        trains from its folder, which `model:` accepts (a LoRA run is merged into its base), so
+        OpenAI's flow of a DPO job on a supervised job's `fine_tuned_model` runs unchanged.
+        """
+        from ..models import EMBEDDED_DEFAULT
 
         served = self.registry.get(model)
-        if served is not None and served.adapter in (None, BASE_ADAPTER):
-            run = describe_run(served.spec)
-            return run["model"] if run and "model" in run else served.spec
+        spec = _trainable_spec(served) if served is not None else None
+        if spec is not None:
+            return spec
         if model == EMBEDDED_DEFAULT:
             return model
-        usable = [m for m in self.registry.ids() if self.registry.get(m).adapter in (None, BASE_ADAPTER)]
+        usable = [m for m in self.registry.ids() if _trainable_spec(self.registry.get(m)) is not None]
         raise OpenAIError(400, f"Model '{model}' cannot be fine-tuned here. Fine-tunable models: "
                           f"{', '.join(usable + [EMBEDDED_DEFAULT])}.", param="model", code="model_not_available")
 
@@ -240,6 +247,24 @@ class JobsService:
     def list_page(self, items: list[dict], after: str | None, limit: int) -> dict:
         data, more = page(items, after, max(1, min(limit, 100)))
         return {"object": "list", "data": data, "has_more": more}
+
+
+def _trainable_spec(served: ServedModel) -> str | None:
+    """The spec a job on `served` trains from, or None when `model:` would not accept it.
+
+    A base is its own spec; a run folder (adapter or full) or a bare adapter folder is given by its
+    absolute path, so the trainer finds it whatever its working directory.
+    """
+    from ..errors import UserError
+    from ..models import describe_run, resolve_model
+
+    if describe_run(served.spec) is None:
+        return served.spec if served.adapter in (None, BASE_ADAPTER) else None
+    try:
+        source = resolve_model(served.spec)
+    except UserError:  # the folder changed since it was loaded
+        return None
+    return source.path if source.kind == "run" else None
 
 
 def _file_kind(path: Path) -> tuple[str | None, str | None]:
