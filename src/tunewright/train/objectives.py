@@ -83,18 +83,18 @@ class PreferenceObjective:
         """The summed loss of the micro-batch's pairs, and their summed statistics (STAT_NAMES)."""
         n = 2 * len(mb.pair_ids)
         args = (mb.input_ids.to(device), mb.position_ids.to(device), mb.labels.to(device), mb.seq_ids.to(device), n)
+        # the reference first: its no-grad pass then never runs while the policy's activations are held
+        reference = self._reference(module, mb, args, device)
         policy = PairLogps.from_interleaved(module(*args), mb.sequence_tokens)
-        reference = self._reference(module, mb, args, policy)
         p = self.cfg.preference
         terms = pair_losses(self.cfg.objective, p.loss, self.beta, p.sft_weight, policy, reference)
         return terms.losses.sum(), pair_stats(terms, policy)
 
-    def _reference(self, module, mb: PairMicroBatch, args: tuple, policy: PairLogps) -> PairLogps | None:
+    def _reference(self, module, mb: PairMicroBatch, args: tuple, device) -> PairLogps | None:
         if self.reference_kind == "none":
             return None
         if self.reference_kind == "table":
-            r = mb.reference.to(policy.chosen.device)
-            return PairLogps(r[:, 0], r[:, 1], policy.chosen_tokens, policy.rejected_tokens)
+            return PairLogps.from_interleaved(mb.reference.to(device).reshape(-1), mb.sequence_tokens)  # (P, 2) rows
         was_training = module.training
         module.eval()  # the reference has no dropout, and this pass draws no random numbers
         with torch.no_grad(), self.model.disable_adapter():
