@@ -1,7 +1,7 @@
 """DPO benchmark: tunewright `objective: dpo` (LoRA) vs TRL `DPOTrainer`, same pairs, model and hyperparameters.
 
 Each tool trains in its own process on the same preference pairs (default
-examples/stdlib-qa/pairs-train.jsonl), the same model (default: the embedded SmolLM2-135M-Instruct),
+examples/stdlib-qa-pairs/train.jsonl), the same model (default: the embedded SmolLM2-135M-Instruct),
 LoRA r16 / alpha 32 / dropout 0.05 on every linear layer, fp32, sigmoid DPO with beta 0.1, the same
 learning rate, pairs per optimizer step and number of steps; both take the reference model as the
 same model with its adapter disabled. Reported: real (non-pad) tokens per second of the chosen and
@@ -33,7 +33,7 @@ TOOLS = ("tunewright", "trl")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--data", default="examples/stdlib-qa/pairs-train.jsonl")
+    p.add_argument("--data", default="examples/stdlib-qa-pairs/train.jsonl")
     p.add_argument("--steps", type=int, default=10, help="optimizer steps per tool")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")
     p.add_argument("--max-len", type=int, default=512)

@@ -58,7 +58,7 @@ def _end(example) -> int:
 def main(argv: list[str] | None = None) -> dict:
     parser = _common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.set_defaults(data="examples/stdlib-qa/pairs-train.jsonl", lr=5e-5)
+    parser.set_defaults(data="examples/stdlib-qa-pairs/train.jsonl", lr=5e-5)
     args = parser.parse_args(argv)
     _common.quiet()
     _common.setup_threads(args.threads)

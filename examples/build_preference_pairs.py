@@ -3,7 +3,7 @@
 Each pair asks a single-turn stdlib-qa question; the reference answer is preferred to a plausible wrong one: the
 answer to another question about the same module (same house format, wrong function), or about another module when
 the module has no other question. Written in OpenAI's DPO format (input / preferred_output / non_preferred_output)
-to examples/stdlib-qa/pairs-train.jsonl (from train.jsonl) and pairs-test.jsonl (from test.jsonl), so the held-out
+to examples/stdlib-qa-pairs/train.jsonl (from stdlib-qa/train.jsonl) and test.jsonl (from stdlib-qa/test.jsonl), so the held-out
 pairs ask about functions the training data never mentions.
 
     python examples/build_preference_pairs.py [--n-train 200] [--n-test 50] [--seed 0]
@@ -55,12 +55,12 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=200)
     parser.add_argument("--n-test", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--out", type=Path, default=HERE.parent / "stdlib-qa-pairs")
     args = parser.parse_args()
     for split, n in (("train", args.n_train), ("test", args.n_test)):
         rows = pairs(single_turn(HERE / f"{split}.jsonl"), n, random.Random(f"{args.seed}-{split}"))
-        write_jsonl(args.out / f"pairs-{split}.jsonl", rows)
-        print(f"{args.out / f'pairs-{split}.jsonl'}: {len(rows)} pairs")
+        write_jsonl(args.out / f"{split}.jsonl", rows)
+        print(f"{args.out / f'{split}.jsonl'}: {len(rows)} pairs")
 
 
 if __name__ == "__main__":

@@ -191,13 +191,14 @@ def test_train_cli_on_pairs_with_objective_sft_exits_2(tmp_path, tiny_model_dir)
 
 
 def test_example_pairs_are_valid_and_rebuild_identically(tmp_path):
-    examples = __import__("conftest").EXAMPLES
+    # beside stdlib-qa/, not in it: a folder given as data holds one kind of data
+    examples = __import__("conftest").EXAMPLES.parent / "stdlib-qa-pairs"
     builder = examples.parent / "build_preference_pairs.py"
     subprocess.run([sys.executable, str(builder), "--out", str(tmp_path)], check=True, capture_output=True, timeout=60)
     for split, n in (("train", 200), ("test", 50)):
-        committed = examples / f"pairs-{split}.jsonl"
+        committed = examples / f"{split}.jsonl"
         assert (tmp_path / committed.name).read_bytes() == committed.read_bytes()
         loaded = load_pairs(committed)
         assert len(loaded.pairs) == n and loaded.bad_rows == [] and loaded.formats == {str(committed): "dpo"}
-    train_prompts = {r.prompt for r in load_pairs(examples / "pairs-train.jsonl").pairs}
-    assert not train_prompts & {r.prompt for r in load_pairs(examples / "pairs-test.jsonl").pairs}
+    train_prompts = {r.prompt for r in load_pairs(examples / "train.jsonl").pairs}
+    assert not train_prompts & {r.prompt for r in load_pairs(examples / "test.jsonl").pairs}
