@@ -27,7 +27,11 @@ from pathlib import Path
 import torch
 
 from tunewright.train.batching import micro_batches
-from tunewright.train.dropout import FastLoraDropout, dropout_keep_mask, use_fast_lora_dropout  # noqa: F401
+from tunewright.train.dropout import (  # noqa: F401
+    FastLoraDropout,
+    dropout_keep_mask,
+    use_fast_lora_dropout,
+)
 
 VARIANTS = {
     # name: what changes relative to "default" (the loop as it stands)
@@ -254,7 +258,7 @@ def _child(kind: str, name: str, args) -> dict:
            "--steps", str(args.steps), "--micro-batch", str(args.micro_batch), "--max-len", str(args.max_len),
            "--threads", str(args.threads)]
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=args.timeout)
     if proc.returncode != 0:
         return {"variant": name, "error": proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]}
     return json.loads(proc.stdout.strip().splitlines()[-1])

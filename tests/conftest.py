@@ -50,7 +50,14 @@ def _training_text() -> list[str]:
 
 
 def build_tokenizer(family: str = "chatml", vocab_size: int = 700):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     specials, bos, eos, template, add_bos = FAMILIES[family]

@@ -305,7 +305,16 @@ def _bpe_pre_tokenizer(name: str):
 
 def _build_bpe(name: str, spec: FamilySpec, vocab_size: int = 900):
     """Byte-level BPE; SmolLM2 has its specials first (ids 0..), Llama 3 and Qwen after the learned vocabulary."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(byte_fallback=False, ignore_merges=name == "llama3"))

@@ -34,7 +34,7 @@ def unavailable_reason() -> str | None:
     python = llama_python()
     if not python.is_file():
         return f"llama.cpp environment not built ({python} missing): run `make llama`{_build_log_tail()}"
-    probe = subprocess.run([str(python), "-c", "import llama_cpp; print(llama_cpp.__version__)"],
+    probe = subprocess.run([str(python), "-c", "import llama_cpp; print(llama_cpp.__version__)"], check=False,
                            capture_output=True, text=True, timeout=120)
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
@@ -51,7 +51,7 @@ def require_llama() -> None:
 def run_llama(request: dict, timeout: float = 300) -> dict:
     """Send one request to llamacpp_runner.py in .venv-llama and return its JSON answer (skip if unavailable)."""
     require_llama()
-    out = subprocess.run([str(llama_python()), str(RUNNER)], input=json.dumps(request), capture_output=True,
+    out = subprocess.run([str(llama_python()), str(RUNNER)], check=False, input=json.dumps(request), capture_output=True,
                          text=True, timeout=timeout)
     assert out.returncode == 0, f"llama.cpp runner failed on {request.get('gguf')}:\n{out.stderr[-3000:]}"
     return json.loads(out.stdout)

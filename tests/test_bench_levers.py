@@ -9,10 +9,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-import levers  # noqa: E402
-from tunewright.data.templates import TokenizedExample  # noqa: E402
-from tunewright.train import batching, dropout  # noqa: E402
-from tunewright.train.batching import micro_batches, pack_rows  # noqa: E402
+import levers
+
+from tunewright.data.templates import TokenizedExample
+from tunewright.train import batching, dropout
+from tunewright.train.batching import micro_batches, pack_rows
 
 
 def _ex(n: int, start: int = 0) -> TokenizedExample:

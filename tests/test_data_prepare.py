@@ -7,8 +7,7 @@ import pytest
 from conftest import build_tokenizer, write_jsonl
 
 from tunewright.config import load_config
-from tunewright.data import prepare_data
-from tunewright.data import templates
+from tunewright.data import prepare_data, templates
 from tunewright.errors import UserError
 
 

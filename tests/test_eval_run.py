@@ -5,13 +5,25 @@ import json
 import math
 
 import pytest
+from test_eval_fixtures import (  # noqa: F401
+    adapter_run,
+    eval_base_dir,
+    full_run,
+    single_thread,
+    test_file,
+)
 
-from test_eval_fixtures import adapter_run, eval_base_dir, full_run, single_thread, test_file  # noqa: F401
 from tunewright.config import EvalConfig
 from tunewright.data import load_conversations
 from tunewright.errors import UserError
 from tunewright.evaluate import evaluate, evaluate_after_training
-from tunewright.evaluate.generate import SamplingSettings, decode_answer, generate_answers, generation_config, left_pad
+from tunewright.evaluate.generate import (
+    SamplingSettings,
+    decode_answer,
+    generate_answers,
+    generation_config,
+    left_pad,
+)
 from tunewright.evaluate.metrics import METRICS
 from tunewright.evaluate.results import SideResult, changed_most, to_json_safe
 
@@ -22,13 +34,13 @@ EXAMPLE_KEYS = {"index", "source", "prompt", "messages", "reference", "base_answ
 
 
 @pytest.fixture(scope="module")
-def adapter_results(adapter_run, test_file, tmp_path_factory):  # noqa: F811
+def adapter_results(adapter_run, test_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("adapter-eval")
     return evaluate(str(adapter_run), data=[str(test_file)], max_new_tokens=MAX_NEW, output_dir=out), out
 
 
 @pytest.fixture(scope="module")
-def plain_base_results(eval_base_dir, test_file, tmp_path_factory):  # noqa: F811
+def plain_base_results(eval_base_dir, test_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("base-eval")
     return evaluate(str(eval_base_dir), data=[str(test_file)], max_new_tokens=MAX_NEW, output_dir=out)
 
@@ -77,14 +89,14 @@ def test_base_answers_come_from_the_adapter_switched_off(adapter_results, plain_
     assert results["metrics"]["base"]["loss"] == pytest.approx(plain_base_results["metrics"]["tuned"]["loss"], rel=1e-5)
 
 
-def test_full_model_run_compares_with_a_separately_loaded_base(full_run, test_file, tmp_path, plain_base_results):  # noqa: F811
+def test_full_model_run_compares_with_a_separately_loaded_base(full_run, test_file, tmp_path, plain_base_results):
     results = evaluate(str(full_run), data=[str(test_file)], max_new_tokens=MAX_NEW, output_dir=tmp_path)
     assert set(results["sides"]) == {"base", "tuned"}
     assert [e["base_answer"] for e in results["examples"]] == [e["tuned_answer"] for e in plain_base_results["examples"]]
     assert results["comparison"]["loss"]["delta"] != 0.0
 
 
-def test_default_output_is_the_run_directory(adapter_run, test_file, tmp_path):  # noqa: F811
+def test_default_output_is_the_run_directory(adapter_run, test_file, tmp_path):
     import shutil
 
     run = tmp_path / "run"
@@ -94,7 +106,7 @@ def test_default_output_is_the_run_directory(adapter_run, test_file, tmp_path): 
     assert "loss-curve" in (run / "eval" / "report.html").read_text()
 
 
-def test_reference_loss_matches_transformers_on_assistant_tokens(eval_base_dir, test_file, plain_base_results):  # noqa: F811
+def test_reference_loss_matches_transformers_on_assistant_tokens(eval_base_dir, test_file, plain_base_results):
     import torch
 
     from tunewright.data.templates import tokenize_conversation
@@ -108,7 +120,7 @@ def test_reference_loss_matches_transformers_on_assistant_tokens(eval_base_dir, 
     assert plain_base_results["examples"][2]["scores"]["tuned"]["loss"] == pytest.approx(hf_loss, rel=1e-5)
 
 
-def test_batched_generation_matches_one_at_a_time(adapter_run):  # noqa: F811
+def test_batched_generation_matches_one_at_a_time(adapter_run):
     from tunewright.models import load_for_inference
 
     loaded = load_for_inference(str(adapter_run))  # the random base answers nothing; the adapter answers 10 tokens each
@@ -130,7 +142,7 @@ def test_left_pad_pads_on_the_left_and_masks_the_padding():
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
-def test_sampling_is_seeded(eval_base_dir):  # noqa: F811
+def test_sampling_is_seeded(eval_base_dir):
     from tunewright.models import load_for_inference
 
     loaded = load_for_inference(str(eval_base_dir))
@@ -141,7 +153,7 @@ def test_sampling_is_seeded(eval_base_dir):  # noqa: F811
     assert len({a.text for a in first}) > 1  # sampling, not greedy
 
 
-def test_answers_stop_at_end_of_turn(eval_base_dir):  # noqa: F811
+def test_answers_stop_at_end_of_turn(eval_base_dir):
     from tunewright.data.templates import end_of_turn_ids
     from tunewright.models import load_tokenizer
 
@@ -156,7 +168,7 @@ def test_answers_stop_at_end_of_turn(eval_base_dir):  # noqa: F811
     assert eot in config.eos_token_id and config.do_sample is False
 
 
-def test_evaluate_after_training_reuses_the_loaded_peft_model(adapter_run, eval_base_dir, test_file, adapter_results, tmp_path, monkeypatch):  # noqa: F811
+def test_evaluate_after_training_reuses_the_loaded_peft_model(adapter_run, eval_base_dir, test_file, adapter_results, tmp_path, monkeypatch):
     from peft import PeftModel
 
     from tunewright.models import load_model, load_tokenizer
@@ -185,7 +197,7 @@ def test_evaluate_after_training_reuses_the_loaded_peft_model(adapter_run, eval_
     assert "data:image/png;base64," in (run_dir / "eval" / "report.html").read_text()
 
 
-def test_evaluate_after_training_respects_compare_base_and_limit(adapter_run, test_file, tmp_path):  # noqa: F811
+def test_evaluate_after_training_respects_compare_base_and_limit(adapter_run, test_file, tmp_path):
     from tunewright.models import load_for_inference
 
     loaded = load_for_inference(str(adapter_run))
@@ -196,7 +208,7 @@ def test_evaluate_after_training_respects_compare_base_and_limit(adapter_run, te
     assert evaluate_after_training(tmp_path, loaded.model, loaded.tokenizer, [], cfg, loaded.base_spec) == {}
 
 
-def test_user_scorer_and_limit(adapter_run, test_file, tmp_path):  # noqa: F811
+def test_user_scorer_and_limit(adapter_run, test_file, tmp_path):
     scorer = tmp_path / "scorers.py"
     scorer.write_text("def has_digit(prompt, reference, answer):\n    assert prompt.startswith('What is')\n"
                       "    return float(any(c.isdigit() for c in answer))\n")
@@ -208,7 +220,7 @@ def test_user_scorer_and_limit(adapter_run, test_file, tmp_path):  # noqa: F811
     assert results["settings"]["scorer"] == f"{scorer}:has_digit"
 
 
-def test_bad_inputs_fail_before_any_model_is_loaded(adapter_run, test_file, tmp_path, monkeypatch):  # noqa: F811
+def test_bad_inputs_fail_before_any_model_is_loaded(adapter_run, test_file, tmp_path, monkeypatch):
     monkeypatch.setattr("tunewright.evaluate.runner.load_sides", lambda *a, **k: pytest.fail("loaded a model"))
     run = str(adapter_run)
     with pytest.raises(UserError, match="no such file"):
@@ -231,7 +243,7 @@ def test_bad_inputs_fail_before_any_model_is_loaded(adapter_run, test_file, tmp_
         evaluate(run, data=[str(text_only)])
 
 
-def test_compare_base_needs_a_run(eval_base_dir, test_file):  # noqa: F811
+def test_compare_base_needs_a_run(eval_base_dir, test_file):
     with pytest.raises(UserError, match="plain model"):
         evaluate(str(eval_base_dir), data=[str(test_file)], compare_base=True)
 

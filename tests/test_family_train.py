@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from conftest import write_jsonl
 from families import FAMILY_SPECS
+from typer.testing import CliRunner
+
 from tunewright.cli import app
 from tunewright.config import load_config
 from tunewright.errors import UserError

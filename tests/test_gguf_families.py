@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import build_tokenizer
 from families import FAMILIES, build_family_model, build_family_tokenizer
 from llamacpp import run_llama
+
 from tunewright.errors import UserError
 from tunewright.export.gguf import SUPPORTED_ARCHITECTURES, write_gguf
 
@@ -144,7 +144,7 @@ def test_llama_permutes_q_and_k_for_rotary(family_models, tmp_path):
 
 def test_qwen3_writes_query_and_key_norms(family_models, tmp_path):
     model, tokenizer, _, _ = family_models["qwen3"]
-    fields, tensors = read_gguf(export(model, tokenizer, tmp_path, "qwen3", "f32"))
+    _, tensors = read_gguf(export(model, tokenizer, tmp_path, "qwen3", "f32"))
     attn = model.model.layers[1].self_attn
     np.testing.assert_array_equal(tensor_f32(tensors["blk.1.attn_q_norm.weight"]), attn.q_norm.weight.detach().numpy())
     np.testing.assert_array_equal(tensor_f32(tensors["blk.1.attn_k_norm.weight"]), attn.k_norm.weight.detach().numpy())
@@ -253,7 +253,12 @@ def test_unsupported_architecture_lists_exactly_what_is_written(tokenizer, tmp_p
 
 
 def test_unwritable_rope_scaling_and_untied_gemma2_are_refused(tokenizer, tmp_path):
-    from transformers import Gemma2Config, Gemma2ForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     small = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                  num_attention_heads=4, num_key_value_heads=2)

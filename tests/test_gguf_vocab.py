@@ -15,9 +15,22 @@ from go_template import render
 from tunewright.errors import UserError
 from tunewright.export import gguf_vocab
 from tunewright.export.gguf import general_name
+from tunewright.export.gguf_vocab import (
+    BYTE,
+    CONTROL,
+    NORMAL,
+    UNKNOWN,
+    USER_DEFINED,
+    build_vocab,
+    merge_rank_scores,
+    write_vocab,
+)
+from tunewright.export.ollama import (
+    default_system_prompt,
+    go_template_for,
+    modelfile_text,
+)
 from tunewright.gguf_config import restore_phi3_rstrip
-from tunewright.export.gguf_vocab import BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, build_vocab, merge_rank_scores, write_vocab
-from tunewright.export.ollama import default_system_prompt, go_template_for, modelfile_text
 
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
              "gemma3_text": "gemma3", "phi3": "phi3"}
@@ -96,7 +109,7 @@ def test_gguf_tokenizer_metadata_per_family(family_gguf):
     name, tokenizer, vocab, _, path = family_gguf
     spec = FAMILY_SPECS[name]
     fields = GGUFReader(path).fields
-    value = lambda key: fields[key].contents()  # noqa: E731
+    value = lambda key: fields[key].contents()
     eot = tokenizer.convert_tokens_to_ids(spec.end_of_turn)
     assert value("tokenizer.ggml.eos_token_id") == tokenizer.eos_token_id
     assert value("tokenizer.ggml.add_bos_token") is spec.add_bos
@@ -126,8 +139,8 @@ def test_phi3_fixture_tokenizes_as_the_real_phi3():
     and drops the whitespace after </s> and its chat tokens (rstrip), <|endoftext|> aside. llama.cpp assumes both
     for a GGUF named phi3 (so the exported name must say phi3), transformers' GGUF loader the first."""
     tok = build_family_tokenizer("phi3")
-    plain = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    ids = lambda *names: [tok.convert_tokens_to_ids(n) for n in names]  # noqa: E731
+    plain = lambda text: tok(text, add_special_tokens=False)["input_ids"]
+    ids = lambda *names: [tok.convert_tokens_to_ids(n) for n in names]
     chat = "<|user|>\nhello world<|end|>\n<|assistant|>\nhi</s>  there<|endoftext|> x"
     assert plain(chat) == (ids("<|user|>") + plain("hello world") + ids("<|end|>", "<|assistant|>") + plain("hi")
                            + ids("</s>") + plain("there") + ids("<|endoftext|>") + plain(" x"))

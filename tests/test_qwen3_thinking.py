@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
-
 from conftest import write_jsonl
 from families import build_family_tokenizer, save_family
 from go_template import render as render_go
 from llamacpp import run_llama
+from typer.testing import CliRunner
+
 from tunewright.cli import app
 from tunewright.config import load_config
 from tunewright.data import prepare_data

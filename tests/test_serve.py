@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from test_export import make_adapter_run, make_full_run
 
 API_KEY = "sk-test-tunewright"

@@ -6,7 +6,6 @@ import time
 
 import pytest
 import torch
-
 from test_export import make_adapter_run
 
 

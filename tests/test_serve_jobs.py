@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from test_serve import free_port, start_server, stop_server
 
 

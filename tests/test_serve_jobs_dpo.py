@@ -14,7 +14,6 @@ import httpx
 import openai
 import pytest
 import yaml
-
 from test_serve_jobs import JobServer, wait_for
 
 

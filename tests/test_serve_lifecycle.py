@@ -11,8 +11,15 @@ import signal
 from pathlib import Path
 
 import pytest
-
-from test_serve_jobs import JobServer, assert_resumed, create_job, process_gone, saved_state, wait_for, wait_for_checkpoint
+from test_serve_jobs import (
+    JobServer,
+    assert_resumed,
+    create_job,
+    process_gone,
+    saved_state,
+    wait_for,
+    wait_for_checkpoint,
+)
 
 API_KEY = "sk-lifecycle-secret"
 

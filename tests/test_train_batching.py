@@ -5,12 +5,19 @@ import copy
 
 import pytest
 import torch
-
 from conftest import build_tiny_model, build_tokenizer
+
 from tunewright.data.conversation import Conversation, Message
 from tunewright.data.templates import tokenize_conversation
 from tunewright.models import ensure_pad_token
-from tunewright.train.batching import collate, idle_micro_batch, micro_batches, pack_rows, process_share, step_example_ids
+from tunewright.train.batching import (
+    collate,
+    idle_micro_batch,
+    micro_batches,
+    pack_rows,
+    process_share,
+    step_example_ids,
+)
 from tunewright.train.loop import TokenLoss
 
 

@@ -12,8 +12,8 @@ import json
 import pytest
 import torch
 import yaml
-
 from conftest import write_jsonl
+
 from tunewright.config import load_config
 from tunewright.train import train
 from tunewright.train.hparams import native_bf16
@@ -44,7 +44,7 @@ def _train(model_dir, data, out, precision: str):
 
 
 def test_bf16_training_runs_in_bf16_autocast_and_follows_the_fp32_loss_curve(tiny_model_dir, tmp_path, monkeypatch):
-    import tunewright.train.loop as loop
+    from tunewright.train import loop
 
     autocast_seen: list[torch.dtype | None] = []
     select = loop.select_trained_positions

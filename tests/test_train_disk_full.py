@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_jsonl
 from safetensors.torch import load_file
 
-from conftest import write_jsonl
 import tunewright.train.checkpoint as ckpt
 from tunewright.config import load_config
 from tunewright.errors import UserError
@@ -45,14 +45,14 @@ def disk(tmp_path):
     mnt.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs to fill up needs root (CI runs as root)")
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=False, capture_output=True, text=True)
     if out.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({out.stderr.strip() or out.returncode}): a full disk needs a real filesystem")
     try:
         yield mnt
     finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        if subprocess.run(["umount", str(mnt)], check=False, capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
 
 
 def _fill(mnt: Path, leave: int) -> Path:
@@ -107,14 +107,14 @@ def test_a_full_disk_mid_run_keeps_every_checkpoint_and_resume_finishes_the_run(
     filler = _fill(disk, leave=8 * PAGE + checkpoint + checkpoint // 2)
 
     run = disk / "run"
-    out = subprocess.run(_cli(tiny_model_dir, data, run), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(_cli(tiny_model_dir, data, run), check=False, capture_output=True, text=True, timeout=300)
     _assert_one_clear_message(out, str(run / "checkpoints" / "step-4"), str(run / "checkpoints" / "step-2"), disk)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-2"], "the half-written step-4 is removed"
     assert ckpt.checkpoint_problem(run / "checkpoints" / "step-2") is None
     assert not (run / "adapter").exists()
 
     filler.unlink()
-    resumed = subprocess.run(_cli(tiny_model_dir, data, run, "--resume"), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(_cli(tiny_model_dir, data, run, "--resume"), check=False, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     _assert_same_adapter(straight, run)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import write_jsonl
 
 TORCHRUN_TIMEOUT_S = 300  # a hang in a collective fails the test instead of blocking the suite

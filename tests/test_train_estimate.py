@@ -21,7 +21,7 @@ def test_parameter_count_matches_the_real_model_and_checkpointing_saves_memory(t
 
 def test_memory_sizes_parse_and_bad_ones_exit_2(tiny_model_dir):
     assert parse_memory("16GB") == 16 * 1024**3 and parse_memory("512MiB") == 512 * 1024**2
-    run = subprocess.run([sys.executable, "-m", "tunewright.cli", "estimate", "--model", str(tiny_model_dir), "--gpu-memory", "16XB"],
+    run = subprocess.run([sys.executable, "-m", "tunewright.cli", "estimate", "--model", str(tiny_model_dir), "--gpu-memory", "16XB"], check=False,
                          capture_output=True, text=True)
     assert run.returncode == 2 and "not a size" in run.stderr and "Traceback" not in run.stderr
 
@@ -108,9 +108,9 @@ def test_freeze_counts_only_the_last_blocks_norm_and_head(tiny_model_dir, layers
 
 
 def test_estimate_cli_takes_set_overrides(tiny_model_dir):
-    run = subprocess.run([sys.executable, "-m", "tunewright.cli", "estimate", "--model", str(tiny_model_dir), "--set", "lora.r=2"],
+    run = subprocess.run([sys.executable, "-m", "tunewright.cli", "estimate", "--model", str(tiny_model_dir), "--set", "lora.r=2"], check=False,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    bad = subprocess.run([sys.executable, "-m", "tunewright.cli", "estimate", "--model", str(tiny_model_dir), "--set", "lora.rank=2"],
+    bad = subprocess.run([sys.executable, "-m", "tunewright.cli", "estimate", "--model", str(tiny_model_dir), "--set", "lora.rank=2"], check=False,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "lora.r" in bad.stderr and "Traceback" not in bad.stderr

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import write_jsonl
+
 from tunewright.config import load_config
 from tunewright.errors import UserError
 from tunewright.train import train
@@ -51,7 +51,7 @@ def test_resume_refuses_a_changed_model_method_or_schedule_and_lists_each_differ
     before = _snapshot(run)
     out = subprocess.run(CLI + ["train", "--model", "smollm2-135m-instruct", "--data", finished_run["data"], "--method", "full",
                                 "--output", str(run), "--set", "train.max_steps=2", "--set", "train.learning_rate=0.5",
-                                "--set", "train.threads=1", "--resume"], capture_output=True, text=True)
+                                "--set", "train.threads=1", "--resume"], check=False, capture_output=True, text=True)
     assert out.returncode == 2, out.stderr
     err = " ".join(out.stderr.split())  # rich wraps long lines
     assert f"model: '{finished_run['model']}' -> 'smollm2-135m-instruct'" in err
@@ -68,7 +68,7 @@ def test_resume_may_extend_max_steps_and_change_harmless_keys_and_then_trains_to
     out = subprocess.run(CLI + ["train", "--model", finished_run["model"], "--data", finished_run["data"], "--output", str(run),
                                 "--set", "train.max_steps=6", "--set", "train.precision=auto", "--set", "data.format=auto",
                                 "--set", "train.log_every=2", "--set", "train.threads=1", "--set", "eval.after_train=false",
-                                "--resume"], capture_output=True, text=True)
+                                "--resume"], check=False, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "learning-rate schedule" in " ".join(out.stderr.split()), "extending warns that the schedule is recomputed"
     steps = [yaml.safe_load(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -103,7 +103,7 @@ def test_merge_rules_auto_harmless_extension_and_refusals(tmp_path, monkeypatch)
 
 def _train_into(output: str, model: str, data: str, cache: Path):
     env = os.environ | {"TUNEWRIGHT_TOKENIZED_CACHE": str(cache)}
-    return subprocess.run(CLI + ["train", "--model", model, "--data", data, "--output", output, "--set", "train.threads=1"],
+    return subprocess.run(CLI + ["train", "--model", model, "--data", data, "--output", output, "--set", "train.threads=1"], check=False,
                           capture_output=True, text=True, env=env)
 
 

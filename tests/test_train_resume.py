@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_jsonl
 from safetensors.torch import load_file
 
-from conftest import write_jsonl
 import tunewright.train.checkpoint as ckpt
-import tunewright.train.loop as loop
 from tunewright.config import load_config
-from tunewright.train import train
+from tunewright.train import loop, train
 
 CLI = [sys.executable, "-m", "tunewright.cli"]
 # fp32 and a fixed dropout: a resumed run must reproduce an uninterrupted one exactly
@@ -147,7 +146,7 @@ def test_a_checkpoint_from_before_manifests_still_loads_and_a_broken_one_falls_b
 def test_no_checkpoint_verifies_exits_2_naming_each_and_why(tiny_model_dir, data, killed):
     for step in ("step-2", "step-4", "step-6"):
         _half(killed / "checkpoints" / step / "trainable.safetensors")
-    out = subprocess.run(_cli(tiny_model_dir, data, killed, "--resume"), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(_cli(tiny_model_dir, data, killed, "--resume"), check=False, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     for step in ("step-2", "step-4", "step-6"):
@@ -192,7 +191,7 @@ def test_totals_after_a_resume_cover_the_whole_run(tiny_model_dir, data, straigh
 def test_resume_on_a_finished_run_says_so_and_changes_nothing(tiny_model_dir, data, straight, tmp_path):
     run = Path(shutil.copytree(straight, tmp_path / "done"))
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
-    out = subprocess.run(_cli(tiny_model_dir, data, run, "--resume"), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(_cli(tiny_model_dir, data, run, "--resume"), check=False, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "already finished" in out.stderr + out.stdout
     after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}

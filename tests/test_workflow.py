@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import EXAMPLES, write_jsonl
 
 import tunewright
-from conftest import EXAMPLES, write_jsonl
 from tunewright.config import load_config
 from tunewright.evaluate import evaluate
 
@@ -71,7 +71,7 @@ def test_public_train_stays_callable_after_the_train_subpackage_is_imported():
     code = ("import tunewright, tunewright.workflow\n"
             "import tunewright.train.loop as loop\n"
             "tunewright.train('/no/such/config.yaml')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert "not callable" not in out.stderr
     assert "UserError" in out.stderr and "/no/such/config.yaml" in out.stderr  # it reached load_config
 
@@ -131,7 +131,7 @@ def test_an_unknown_or_uninstalled_tracker_exits_2_before_anything_is_written(ti
     cmd = CLI + ["train", "--model", str(tiny_model_dir), "--data", data["train"], "--output", str(run)]
     for item in _overrides(data, train__report_to=f"[{tracker}]"):
         cmd += ["--set", item]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr
     assert "report_to" in out.stderr and tracker in out.stderr and "Traceback" not in out.stderr
     assert not (run / "metrics.jsonl").exists() and not (run / "adapter").exists()
@@ -152,7 +152,7 @@ def test_quickstart_runs_the_whole_path_on_the_embedded_model(tmp_path):
     cmd = CLI + ["quickstart", "--output", str(run), "--steps", "2", "--set", "eval.limit=2",
                  "--set", "eval.max_new_tokens=8", "--set", "train.threads=1", "--set", "train.batch_size=4",
                  "--set", "data.validation_split=0.01"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "quickstart finished" in out.stderr
     assert json.loads((run / "summary.json").read_text())["steps"] == 2

@@ -33,7 +33,12 @@ def held_out_pairs(result: RunResult):
     """
     from .data import data_kind, load_pairs, read_detected
     from .data.pairs import tokenize_pairs
-    from .evaluate.preference import beta_of, held_out_from_rows, load_test_pairs, tokenize_test_pairs
+    from .evaluate.preference import (
+        beta_of,
+        held_out_from_rows,
+        load_test_pairs,
+        tokenize_test_pairs,
+    )
 
     cfg = result.config
     beta = beta_of(cfg.objective, cfg.preference.beta)

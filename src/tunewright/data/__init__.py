@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 from .conversation import BadRow, Conversation, LoadedRows, Message
-from .formats import FORMATS, PREFERENCE_FORMATS, data_kind, load_conversations, read_detected
+from .formats import (
+    FORMATS,
+    PREFERENCE_FORMATS,
+    data_kind,
+    load_conversations,
+    read_detected,
+)
 from .preference import PreferencePair, load_pairs
 
 __all__ = ["BadRow", "Conversation", "FORMATS", "LoadedRows", "Message", "PREFERENCE_FORMATS", "PreferencePair", "PreparedData",

@@ -78,7 +78,13 @@ def _with_missing(rows: LoadedRows, missing: list) -> LoadedRows:
 
 def check_pairs(train_files: tuple, val_files: tuple | None, tokenizer, model: str, max_seq_len: int, fmt: str) -> dict:
     """The data check of preference pairs: pairs, prompt/chosen/rejected token lengths, truncation, drops, duplicates, bad rows."""
-    from .pairs import duplicate_pairs, prompt_overlap, sort_bad_rows, split_lengths, tokenize_pairs
+    from .pairs import (
+        duplicate_pairs,
+        prompt_overlap,
+        sort_bad_rows,
+        split_lengths,
+        tokenize_pairs,
+    )
     from .preference import load_pairs
 
     train = load_pairs(None, fmt, files=train_files[0])

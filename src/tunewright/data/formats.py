@@ -5,10 +5,12 @@ completion and text. Every check names the field, so a bad row says exactly what
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import UserError
 from .conversation import BadRow, Conversation, LoadedRows, Message
@@ -215,7 +217,7 @@ def _content(value: Any, field: str) -> str:
 
 def _weight(value: Any, field: str) -> bool | None:
     """OpenAI's per-message weight, 0 or 1 (Parquet written from pandas may give 1.0, or NaN for unset)."""
-    if value is None or isinstance(value, float) and value != value:
+    if value is None or isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, (bool, int, float)) and value in (0, 1):
         return bool(value)

@@ -35,7 +35,7 @@ class TokenizedPairs:
     dropped: list[str] = field(default_factory=list)  # sources of pairs whose answers were identical once truncated
 
     def select(self, indices: list[int]) -> TokenizedPairs:
-        pick = lambda xs: [xs[i] for i in indices]  # noqa: E731
+        pick = lambda xs: [xs[i] for i in indices]
         return TokenizedPairs(pick(self.rows), pick(self.pairs), pick(self.prompt_lengths), pick(self.chosen_lengths),
                               pick(self.rejected_lengths))
 

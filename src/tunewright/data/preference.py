@@ -10,8 +10,20 @@ from pathlib import Path
 from typing import Any
 
 from .conversation import BadRow, Conversation, Message
-from .formats import (EMPTY_REPLY_FIX, MESSAGE_ROLES, ROLE_ORDER_RULE, DetectedFile, RowError, _content, _role, position,
-                      read_detected, require_kind, role_order_problem, undetected_row)
+from .formats import (
+    EMPTY_REPLY_FIX,
+    MESSAGE_ROLES,
+    ROLE_ORDER_RULE,
+    DetectedFile,
+    RowError,
+    _content,
+    _role,
+    position,
+    read_detected,
+    require_kind,
+    role_order_problem,
+    undetected_row,
+)
 from .templates import TokenizedExample
 
 

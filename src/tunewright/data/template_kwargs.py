@@ -15,7 +15,8 @@ variable never get it.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..errors import UserError
 from .conversation import Conversation

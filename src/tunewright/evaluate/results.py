@@ -20,7 +20,15 @@ from ..data.conversation import Conversation
 from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_bootstrap
 from .generate import Answer, SamplingSettings, generate_answers
 from .loss import reference_loss_stats
-from .metrics import ALL_METRICS, UserScorer, apply_scorer, corpus_value, example_scores, generation_stats, reducer_for
+from .metrics import (
+    ALL_METRICS,
+    UserScorer,
+    apply_scorer,
+    corpus_value,
+    example_scores,
+    generation_stats,
+    reducer_for,
+)
 from .preference import HeldOutPairs, pair_logps, reward_stats, side_stats
 from .sides import BASE, TUNED, Side
 
@@ -64,7 +72,7 @@ class HeldOut:
     pairs: HeldOutPairs | None = None  # preference data: the conversations are prompt + chosen answer
 
     @classmethod
-    def of(cls, conversations: list[Conversation], pairs: HeldOutPairs | None = None) -> "HeldOut":
+    def of(cls, conversations: list[Conversation], pairs: HeldOutPairs | None = None) -> HeldOut:
         return cls(conversations, [c.prompt_messages() for c in conversations], [c.reference() for c in conversations],
                    [last_user_text(c) for c in conversations], pairs)
 

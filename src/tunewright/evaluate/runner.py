@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rich.console import Console
 
@@ -20,7 +21,13 @@ from ..models import describe_run
 from .generate import SamplingSettings
 from .loss import max_context
 from .metrics import load_scorer
-from .preference import HeldOutPairs, held_out_from_rows, load_test_pairs, run_beta, tokenize_test_pairs
+from .preference import (
+    HeldOutPairs,
+    held_out_from_rows,
+    load_test_pairs,
+    run_beta,
+    tokenize_test_pairs,
+)
 from .report import print_summary, write_outputs
 from .results import EvalSettings, run_evaluation
 from .sides import TUNED, Side, base_side, default_compare_base, load_sides

@@ -92,7 +92,9 @@ def _known_splits() -> dict[str, str]:
     """Regex -> llama.cpp pre-tokenizer name: the families above first, then transformers' read-back table."""
     names = dict(FAMILY_SPLITS)
     try:
-        from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+            GGUF_PRE_TOKENIZER_SPLITS,
+        )
     except ImportError:
         return names
     for name, regex in GGUF_PRE_TOKENIZER_SPLITS.items():

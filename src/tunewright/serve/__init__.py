@@ -68,7 +68,7 @@ def _stop_on_signals():
             signal.signal(sig, handler)
 
 
-def _close_ignoring_signals(server: "Server") -> None:
+def _close_ignoring_signals(server: Server) -> None:
     """Cleanup is bounded (the trainer gets 10 s, then SIGKILL); a second Ctrl-C must not cut it short."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)

@@ -17,10 +17,22 @@ from starlette.concurrency import run_in_threadpool
 
 from ..data.templates import generation_prompt_ids
 from .engine import Engine, GenerationRequest
-from .errors import APIKeyMiddleware, BodyLimitMiddleware, OpenAIError, install_error_handlers, not_found_model
+from .errors import (
+    APIKeyMiddleware,
+    BodyLimitMiddleware,
+    OpenAIError,
+    install_error_handlers,
+    not_found_model,
+)
 from .registry import Registry, ServedModel
-from .schemas import (ChatCompletionRequest, CompletionRequest, _Sampling, plain_messages, refuse_lone_surrogates,
-                      refuse_unsupported)
+from .schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    _Sampling,
+    plain_messages,
+    refuse_lone_surrogates,
+    refuse_unsupported,
+)
 
 DEFAULT_CHAT_MAX_TOKENS = 2048  # when the client sets none: remaining context, but at most this
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions

@@ -15,9 +15,9 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..evaluate.generate import left_pad
 from .kvbatch import RunningBatch

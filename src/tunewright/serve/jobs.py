@@ -19,8 +19,15 @@ from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
 from .errors import OpenAIError
-from .jobs_request import (ALLOWED_SETTINGS, METHOD_DATA, CreateJob, Extras, check_setting_limits, hyperparameters_of,
-                           method_type_of)
+from .jobs_request import (
+    ALLOWED_SETTINGS,
+    METHOD_DATA,
+    CreateJob,
+    Extras,
+    check_setting_limits,
+    hyperparameters_of,
+    method_type_of,
+)
 from .jobs_runner import JobRunner, job_config
 from .jobs_store import ACTIVE, JobStore, new_id, now, page
 from .registry import BASE_ADAPTER, Registry, ServedModel
@@ -47,7 +54,7 @@ class JobsService:
         self.runner = JobRunner(store, self._serve_result)
 
     @classmethod
-    def open(cls, database: str | None, registry: Registry, engine) -> "JobsService":
+    def open(cls, database: str | None, registry: Registry, engine) -> JobsService:
         service = cls(JobStore(database), registry, engine)
         service.runner.recover()
         for job in service.store.jobs(("succeeded",)):  # fine-tuned models stay servable across restarts

@@ -72,7 +72,7 @@ class Hyperparameters(BaseModel):
     batch_size: AutoInt = "auto"
     learning_rate_multiplier: AutoFloat = "auto"
 
-    def check(self, where: str) -> "Hyperparameters":
+    def check(self, where: str) -> Hyperparameters:
         for name, value, low, high in (("n_epochs", self.n_epochs, 1, 50), ("batch_size", self.batch_size, 1, 1024),
                                        ("learning_rate_multiplier", self.learning_rate_multiplier, 1e-6, 100)):
             if value != "auto" and not low <= value <= high:
@@ -84,7 +84,7 @@ class Hyperparameters(BaseModel):
 class DpoHyperparameters(Hyperparameters):
     beta: AutoFloat = "auto"
 
-    def check(self, where: str) -> "DpoHyperparameters":
+    def check(self, where: str) -> DpoHyperparameters:
         super().check(where)
         if self.beta != "auto" and not 0 < self.beta <= BETA_MAX:  # NaN fails this too
             raise OpenAIError(400, f"{where}.beta must be 'auto' or a number greater than 0 and at most {BETA_MAX:g}, "

@@ -251,7 +251,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
 def _read(file: Path, parse):
     try:
         return parse(file)
-    except Exception as e:  # noqa: BLE001 - whatever a damaged file raises, the answer is "skip this checkpoint"
+    except Exception as e:
         raise CheckpointUnusable(f"{file.name} is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
 
 

@@ -21,12 +21,18 @@ from ..config import RunConfig
 from ..data.templates import TokenizedExample
 from ..errors import UserError
 from . import checkpoint as ckpt
-from .batching import MicroBatch, idle_micro_batch, micro_batches, process_share, step_example_ids, steps_per_epoch
+from .batching import (
+    MicroBatch,
+    idle_micro_batch,
+    micro_batches,
+    process_share,
+    step_example_ids,
+    steps_per_epoch,
+)
 from .hparams import total_steps
 from .loss import head_parts, select_trained_positions, token_loss_sum
 from .progress import TrainProgress, peak_memory_bytes
 from .writes import append_line, write_text_atomic
-
 
 TOTALS = ("trained_tokens", "real_tokens", "padded_tokens", "train_seconds")  # kept in checkpoints: summaries cover the whole run
 
@@ -189,7 +195,7 @@ def run_training(model, train: list, validation: list, cfg: RunConfig,
     with progress:
         for step in range(state["step"], total):
             started = time.perf_counter()
-            epoch, ids = step_example_ids(len(train), int(t.batch_size), t.seed, step)
+            _, ids = step_example_ids(len(train), int(t.batch_size), t.seed, step)
             # a process whose share is empty (a last step smaller than the world) still runs one zero-weight
             # pass: DDP's gradient all-reduce waits for every process
             mbs = objective.batches("train", process_share(ids, rank, world)) or [objective.idle()]

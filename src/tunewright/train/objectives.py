@@ -26,7 +26,14 @@ from ..config import RunConfig
 from . import checkpoint as ckpt
 from .batching import PairMicroBatch, idle_pair_micro_batch, pair_micro_batches
 from .methods import is_adapter_method
-from .preference_loss import AUTO_BETA, STAT_NAMES, PairLogps, SequenceLogps, pair_losses, pair_stats
+from .preference_loss import (
+    AUTO_BETA,
+    STAT_NAMES,
+    PairLogps,
+    SequenceLogps,
+    pair_losses,
+    pair_stats,
+)
 
 REFERENCE_FILE = "reference_logps.safetensors"
 
@@ -163,7 +170,7 @@ def _read_tables(path: Path, digest: str) -> dict[str, torch.Tensor] | None:
             if (f.metadata() or {}).get("digest") != digest:
                 return None
         return load_file(str(path))
-    except Exception:  # noqa: BLE001 - a damaged file is recomputed, never trusted
+    except Exception:
         return None
 
 

@@ -69,7 +69,7 @@ class PairLogps:
     rejected_tokens: torch.Tensor  # (P,) float
 
     @classmethod
-    def from_interleaved(cls, logps: torch.Tensor, tokens: torch.Tensor) -> "PairLogps":
+    def from_interleaved(cls, logps: torch.Tensor, tokens: torch.Tensor) -> PairLogps:
         """From (2P,) values ordered chosen_0, rejected_0, chosen_1, ... (the packing order)."""
         tokens = tokens.to(logps.device, torch.float32)
         return cls(logps[0::2], logps[1::2], tokens[0::2], tokens[1::2])

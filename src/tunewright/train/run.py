@@ -19,7 +19,13 @@ from . import checkpoint as ckpt
 from .guards import check_output_dir, reconcile_resume
 from .hparams import native_bf16, resolve_auto
 from .loop import run_training
-from .methods import apply_method, check_method_available, count_parameters, is_adapter_method, quantization_config
+from .methods import (
+    apply_method,
+    check_method_available,
+    count_parameters,
+    is_adapter_method,
+    quantization_config,
+)
 from .summary import already_finished, build_summary, plot_loss_curve, print_summary
 from .trackers import check_trackers_installed, tracker_hparams
 from .writes import remove_quietly, replace_folder, write_text_atomic
@@ -90,7 +96,7 @@ def environment_info() -> dict:
         except md.PackageNotFoundError:
             pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], check=False, capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip()
     except Exception:
         commit = ""
     return {"versions": versions, "python": platform.python_version(), "git_commit": commit, "machine": platform.machine()}

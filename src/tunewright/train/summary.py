@@ -44,7 +44,7 @@ def build_summary(result, wall_seconds: float, params, cfg) -> dict:
 def print_summary(summary: dict, run_dir: Path, console: Console | None = None) -> None:
     console = console or Console(stderr=True)
     table = Table(title=f"training summary: {run_dir}", show_header=False)
-    fmt = lambda v: "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))  # noqa: E731
+    fmt = lambda v: "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
     rows = [
         ("method", summary["method"]), ("steps", summary["steps"]),
         ("wall time", f"{summary['wall_seconds']:.1f} s (training {summary['train_seconds']:.1f} s)"),
