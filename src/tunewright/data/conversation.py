@@ -55,9 +55,15 @@ class BadRow:
 
 
 @dataclass
-class LoadedRows:
-    conversations: list[Conversation] = field(default_factory=list)
+class LoadedFiles:
+    """What reading data files found, whatever kind of rows they hold."""
+
     bad_rows: list[BadRow] = field(default_factory=list)
     formats: dict[str, str] = field(default_factory=dict)  # file -> detected format
     rows_per_file: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedRows(LoadedFiles):
+    conversations: list[Conversation] = field(default_factory=list)
     role_order_allowed: int = 0  # chats kept with roles out of order (data.allow_any_role_order; the template renders them)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .conversation import BadRow, Conversation, LoadedRows, Message
+from .conversation import BadRow, Conversation, LoadedFiles, LoadedRows, Message
 from .readers import FileRecords, Record, expand_paths, read_file
 
 FORMATS = ("alpaca", "messages", "sharegpt", "completion", "text")
@@ -335,6 +335,25 @@ def require_kind(files: list[DetectedFile], wanted: str, objective: str | None =
                         f"{PAIRS_FIX}, or train with --set objective=sft", found)
 
 
+def files_of_kind(paths, fmt: str, files: list[DetectedFile] | None, kind: str,
+                  objective: str | None) -> tuple[list[DetectedFile], list[BadRow]]:
+    """The files (read now unless `files` were read already) and missing-path BadRows; DataKindError for the other kind."""
+    files, bad = read_detected(paths, fmt) if files is None else (files, [])
+    require_kind(files, kind, objective)
+    return files, bad
+
+
+def note_file(loaded: LoadedFiles, f: DetectedFile, fmt: str) -> list[BadRow]:
+    """Record a file's row count and format; its bad rows so far (a file whose format is unknown is one)."""
+    read = f.read
+    loaded.rows_per_file[read.path] = read.rows
+    loaded.formats[read.path] = f.fmt or (fmt if fmt != "auto" else "unknown")
+    bad = list(read.bad_rows)
+    if read.records and f.fmt is None:
+        bad.append(undetected_row(read.path, read.records))
+    return bad
+
+
 def load_conversations(paths: str | Path | list, fmt: str = "auto", *, any_role_order: bool = False, tokenizer=None,
                        files: list[DetectedFile] | None = None, objective: str | None = None) -> LoadedRows:
     """Read files, lists of files or folders into Conversations, collecting (never raising for) bad rows.
@@ -345,21 +364,12 @@ def load_conversations(paths: str | Path | list, fmt: str = "auto", *, any_role_
     """
     if any_role_order and tokenizer is None:
         raise ValueError("any_role_order needs the tokenizer whose chat template must render those rows")
-    if files is None:
-        files, bad = read_detected(paths, fmt)
-    else:
-        bad = []
-    require_kind(files, "sft", objective)
+    files, bad = files_of_kind(paths, fmt, files, "sft", objective)
     loaded = LoadedRows(bad_rows=bad)
     for f in files:
-        read, file_fmt = f.read, f.fmt
-        loaded.rows_per_file[read.path] = read.rows
-        loaded.formats[read.path] = file_fmt or (fmt if fmt != "auto" else "unknown")
-        bad = list(read.bad_rows)
-        if read.records and file_fmt is None:
-            bad.append(undetected_row(read.path, read.records))
-        elif read.records:
-            good, bad_rows, unusual = to_conversations(read.records, file_fmt, any_role_order)
+        bad = note_file(loaded, f, fmt)
+        if f.fmt is not None and f.read.records:
+            good, bad_rows, unusual = to_conversations(f.read.records, f.fmt, any_role_order)
             rejected = unrendered_rows(good, unusual, tokenizer) if unusual else []
             dropped = {b.source for b in rejected}
             loaded.conversations.extend(c for c in good if c.source not in dropped)

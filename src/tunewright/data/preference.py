@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .conversation import BadRow, Conversation, Message
+from .conversation import Conversation, LoadedFiles, Message
 from .formats import (
     EMPTY_REPLY_FIX,
     MESSAGE_ROLES,
@@ -18,11 +18,10 @@ from .formats import (
     RowError,
     _content,
     _role,
+    files_of_kind,
+    note_file,
     position,
-    read_detected,
-    require_kind,
     role_order_problem,
-    undetected_row,
 )
 from .templates import TokenizedExample
 
@@ -61,11 +60,8 @@ class PreferenceRow:
 
 
 @dataclass
-class LoadedPairs:
+class LoadedPairs(LoadedFiles):
     pairs: list[PreferenceRow] = field(default_factory=list)
-    bad_rows: list[BadRow] = field(default_factory=list)
-    formats: dict[str, str] = field(default_factory=dict)  # file -> detected format
-    rows_per_file: dict[str, int] = field(default_factory=dict)
 
 
 IDENTICAL_FIX = "give a rejected answer that differs from the chosen one, or drop the row: an identical pair teaches nothing"
@@ -78,22 +74,13 @@ def load_pairs(paths: str | Path | list, fmt: str = "auto", *, objective: str | 
 
     Instruction data (one answer per prompt) raises DataKindError naming the file and the fix.
     """
-    if files is None:
-        files, bad = read_detected(paths, fmt)
-    else:
-        bad = []
-    require_kind(files, "preference", objective)
+    files, bad = files_of_kind(paths, fmt, files, "preference", objective)
     loaded = LoadedPairs(bad_rows=bad)
     for f in files:
-        read = f.read
-        loaded.rows_per_file[read.path] = read.rows
-        loaded.formats[read.path] = f.fmt or (fmt if fmt != "auto" else "unknown")
-        file_bad = list(read.bad_rows)
-        if read.records and f.fmt is None:
-            file_bad.append(undetected_row(read.path, read.records))
-        elif read.records:
+        file_bad = note_file(loaded, f, fmt)
+        if f.fmt is not None and f.read.records:
             convert = _openai_dpo if f.fmt == "dpo" else _trl
-            for rec in read.records:
+            for rec in f.read.records:
                 try:
                     loaded.pairs.append(check_pair(convert(rec.row), rec.source))
                 except RowError as e:
