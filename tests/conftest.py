@@ -149,3 +149,35 @@ def family_tokenizer(request):
     from families import build_family_tokenizer
 
     return request.param, build_family_tokenizer(request.param)
+
+
+def assert_same_adapter(a_run: Path, b_run: Path) -> None:
+    """Two runs' adapters hold the same tensors (fp32 runs: the same maths up to summation order)."""
+    import torch
+    from safetensors.torch import load_file
+
+    a = load_file(str(a_run / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(b_run / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def kill_at_checkpoint_then_resume(cmd: list[str], run: Path, step: int = 4):
+    """Start `cmd` (a train command writing `run`), SIGKILL it once checkpoints/step-N is complete, then `--resume`."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / f"step-{step}" / "COMPLETE").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before the first checkpoint"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "adapter").exists(), "killed before the end"
+    resumed = subprocess.run(cmd + ["--resume"], check=False, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    return resumed

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_jsonl
-from safetensors.torch import load_file
+from conftest import assert_same_adapter, write_jsonl
 
 import tunewright.train.checkpoint as ckpt
 from tunewright.config import load_config
@@ -69,14 +68,6 @@ def _pages(folder: Path) -> int:
     return sum(-(-f.stat().st_size // PAGE) * PAGE for f in folder.rglob("*") if f.is_file())
 
 
-def _assert_same_adapter(a_run: Path, b_run: Path) -> None:
-    a = load_file(str(a_run / "adapter" / "adapter_model.safetensors"))
-    b = load_file(str(b_run / "adapter" / "adapter_model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
-
-
 def _cli(model_dir, data: dict, out: Path, *more) -> list[str]:
     sets = {**SETS, "data.validation": data["validation"]}
     return CLI + ["train", "--model", str(model_dir), "--data", data["train"], "--output", str(out),
@@ -116,7 +107,7 @@ def test_a_full_disk_mid_run_keeps_every_checkpoint_and_resume_finishes_the_run(
     filler.unlink()
     resumed = subprocess.run(_cli(tiny_model_dir, data, run, "--resume"), check=False, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    _assert_same_adapter(straight, run)
+    assert_same_adapter(straight, run)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 7)), "each step logged once"
     assert json.loads((run / "summary.json").read_text())["steps"] == 6

@@ -7,16 +7,28 @@ pass per answer, no packing, the papers' formulas.
 from __future__ import annotations
 
 import copy
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_tiny_model, build_tokenizer
+from conftest import (
+    assert_same_adapter,
+    build_tiny_model,
+    build_tokenizer,
+    kill_at_checkpoint_then_resume,
+    write_jsonl,
+)
 
+from tunewright.config import load_config
 from tunewright.data.conversation import Conversation, Message
 from tunewright.data.templates import tokenize_conversation
 from tunewright.models import ensure_pad_token
+from tunewright.train import train
 from tunewright.train.batching import pair_micro_batches
 from tunewright.train.preference_loss import PairLogps, SequenceLogps, pair_losses
 
@@ -211,19 +223,6 @@ def test_each_pair_shares_one_forward_pass_with_restarted_positions(tok_model, p
 
 # ---- whole runs through tunewright.train / the CLI -------------------------------------------------------------
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-from conftest import write_jsonl
-
-from tunewright.config import load_config
-from tunewright.train import train
-
 CLI = [sys.executable, "-m", "tunewright.cli"]
 RUN_SETS = {"objective": "dpo", "train.precision": "fp32", "train.threads": 1, "eval.after_train": "false",
             "train.batch_size": 4, "train.learning_rate": 1e-2, "lora.dropout": 0.0, "train.save_total_limit": 5,
@@ -331,27 +330,12 @@ def _cli(model_dir, data, out) -> list[str]:
 
 
 def test_dpo_resume_after_sigkill_gives_the_same_adapter_as_an_uninterrupted_run(tiny_model_dir, pair_data, tmp_path):
-    from safetensors.torch import load_file
 
     straight = tmp_path / "straight"
     subprocess.run(_cli(tiny_model_dir, pair_data, straight), check=True, capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(tiny_model_dir, pair_data, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "checkpoints" / "step-4" / "COMPLETE").exists():
-        assert proc.poll() is None and time.time() < deadline, "training ended before the first checkpoint"
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "adapter").exists(), "killed before the end"
-    resumed = subprocess.run(_cli(tiny_model_dir, pair_data, killed) + ["--resume"], check=False, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-
-    a = load_file(str(straight / "adapter" / "adapter_model.safetensors"))
-    b = load_file(str(killed / "adapter" / "adapter_model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    kill_at_checkpoint_then_resume(_cli(tiny_model_dir, pair_data, killed), killed)
+    assert_same_adapter(straight, killed)
     rows = _metrics(killed)
     assert [r["step"] for r in rows] == list(range(1, 9)), "each step logged once"
     assert rows[-1]["reward_margin"] == pytest.approx(_metrics(straight)[-1]["reward_margin"], abs=1e-5)

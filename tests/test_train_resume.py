@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_jsonl
+from conftest import assert_same_adapter, write_jsonl
 from safetensors.torch import load_file
 
 import tunewright.train.checkpoint as ckpt
@@ -99,14 +99,6 @@ def killed(crashed, tmp_path) -> Path:
     return Path(shutil.copytree(crashed, tmp_path / "killed"))
 
 
-def _assert_same_adapter(a_run: Path, b_run: Path) -> None:
-    a = load_file(str(a_run / "adapter" / "adapter_model.safetensors"))
-    b = load_file(str(b_run / "adapter" / "adapter_model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
-
-
 def _half(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -129,7 +121,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_older_one(tiny_model_dir,
     err = capsys.readouterr().err
     assert "skipped checkpoints/step-6" in err and name in err, err
     assert result.summary["steps"] == 8
-    _assert_same_adapter(straight, killed)
+    assert_same_adapter(straight, killed)
     steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9)), "steps after the checkpoint resumed from are logged once"
 
@@ -140,7 +132,7 @@ def test_a_checkpoint_from_before_manifests_still_loads_and_a_broken_one_falls_b
     (killed / "checkpoints" / "step-6" / "state.pt").write_bytes(b"not a pickle")
     train(_cfg(tiny_model_dir, data, killed), resume=True)
     assert "skipped checkpoints/step-6: state.pt" in capsys.readouterr().err
-    _assert_same_adapter(straight, killed)
+    assert_same_adapter(straight, killed)
 
 
 def test_no_checkpoint_verifies_exits_2_naming_each_and_why(tiny_model_dir, data, killed):
@@ -185,7 +177,7 @@ def test_totals_after_a_resume_cover_the_whole_run(tiny_model_dir, data, straigh
     resumed = json.loads((killed / "summary.json").read_text())
     assert {k: resumed[k] for k in TOTALS} == {k: whole[k] for k in TOTALS}
     assert result.summary["train_seconds"] > 0
-    _assert_same_adapter(straight, killed)
+    assert_same_adapter(straight, killed)
 
 
 def test_resume_on_a_finished_run_says_so_and_changes_nothing(tiny_model_dir, data, straight, tmp_path):

@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import write_jsonl
+from conftest import assert_same_adapter, kill_at_checkpoint_then_resume, write_jsonl
 
 from tunewright.config import load_config
 from tunewright.train import train
@@ -145,28 +142,13 @@ def _train_cmd(model_dir, data, run):
 
 
 def test_resume_after_sigkill_gives_the_same_adapter_as_an_uninterrupted_run(tiny_model_dir, data, tmp_path):
-    from safetensors.torch import load_file
 
     straight = tmp_path / "straight"
     subprocess.run(_train_cmd(tiny_model_dir, data, straight), check=True, capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(tiny_model_dir, data, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "checkpoints" / "step-4" / "COMPLETE").exists():
-        assert proc.poll() is None and time.time() < deadline, "training ended before the first checkpoint"
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "adapter").exists(), "killed before the end"
-    resumed = subprocess.run(_train_cmd(tiny_model_dir, data, killed) + ["--resume"], check=False, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-
-    a = load_file(str(straight / "adapter" / "adapter_model.safetensors"))
-    b = load_file(str(killed / "adapter" / "adapter_model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    kill_at_checkpoint_then_resume(_train_cmd(tiny_model_dir, data, killed), killed)
+    assert_same_adapter(straight, killed)
     steps = [r["step"] for r in _metrics(killed)]
     assert steps == sorted(set(steps)) and steps[-1] == 16, "each step logged once"
 
