@@ -1,8 +1,8 @@
 """The run configuration: one typed pydantic model per concern, loaded from YAML plus `--set a.b=v`.
 
 Unknown keys are rejected with a "did you mean" hint (axolotl's untyped dict reads a typo as None;
-we refuse it). Values that depend on data or hardware may be `auto`; `train.resolve` replaces them
-and the resolved config is written to the run directory.
+we refuse it). Values that depend on data or hardware may be `auto`; `train.hparams.resolve_auto`
+replaces them and the resolved config is written to the run directory.
 """
 from __future__ import annotations
 
