@@ -16,18 +16,20 @@ The rules (also in the README):
 - micro_batch_tokens: 512 on CPU (as fast as 4,096 there, a third less memory), 16,384 on a GPU.
 - precision: bf16 on GPUs that support it and on CPUs with avx512_bf16/amx_bf16; fp32 elsewhere
   (bf16 emulated on AVX2 ran ~100x slower than fp32, see docs/performance.md).
-- threads: the CPU cores that are idle when the run starts (at least 1): an OpenMP thread that
-  has to share a core made training 4-5x slower, not 2x.
+- threads: the CPU cores that other processes leave idle when the run starts (at least 1), from
+  the machine's CPU time over half a second minus our own (train/cpu_usage.py): an OpenMP thread
+  that has to share a core made training 4-5x slower, not 2x.
 - eval_every / save_every: about five evaluations and checkpoints per run.
 """
 from __future__ import annotations
 
 import math
-import os
+from collections.abc import Callable
 
 import torch
 
 from ..config import RunConfig
+from .cpu_usage import idle_cores, measure_busy_elsewhere, usable_cores
 from .preference_loss import AUTO_BETA
 
 
@@ -80,13 +82,9 @@ def auto_precision(device: torch.device) -> str:
     return "bf16" if native_bf16(device) else "fp32"
 
 
-def auto_threads() -> int:
-    cores = os.cpu_count() or 1
-    try:
-        busy = round(os.getloadavg()[0])
-    except OSError:
-        busy = 0
-    return max(1, min(cores, cores - busy))
+def auto_threads(busy_elsewhere: Callable[[], float] = measure_busy_elsewhere) -> int:
+    """Cores that other processes leave idle now (never our own start-up's load: see cpu_usage)."""
+    return idle_cores(usable_cores(), busy_elsewhere())
 
 
 def total_steps(cfg: RunConfig, n_examples: int) -> int:
