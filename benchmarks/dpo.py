@@ -25,6 +25,7 @@ from tunewright.bench import (
     run_logged,
     tunewright_result,
 )
+from tunewright.train.metrics_log import metrics_path, read_metrics
 
 HERE = Path(__file__).resolve().parent
 TOOLS = ("tunewright", "trl")
@@ -117,8 +118,7 @@ def markdown(report: dict) -> str:
 
 
 def first_loss(run_dir: Path) -> float | None:
-    path = run_dir / "metrics.jsonl"
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    rows = read_metrics(metrics_path(run_dir))
     return rows[0].get("loss") if rows else None
 
 

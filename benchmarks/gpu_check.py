@@ -12,7 +12,6 @@ new end.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -61,6 +60,7 @@ def check(method: str, workdir: Path) -> list[str]:
     from safetensors.torch import load_file
 
     import tunewright
+    from tunewright.train.metrics_log import metrics_path, read_metrics
 
     problems = []
     run, model_dir = workdir / "run", build_model(workdir)
@@ -73,7 +73,7 @@ def check(method: str, workdir: Path) -> list[str]:
         quant = quant.to_dict() if hasattr(quant, "to_dict") else (quant or {})
         if quant.get("bnb_4bit_quant_type") != "nf4" or not quant.get("bnb_4bit_use_double_quant"):
             problems.append(f"quantization config {quant}, expected nf4 with double quantisation")
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(metrics_path(run))
     if [r["step"] for r in rows] != [1, 2, 3, 4]:
         problems.append(f"logged steps {[r['step'] for r in rows]}, expected 1..4")
     if not all(math.isfinite(r["loss"]) for r in rows):
@@ -88,7 +88,7 @@ def check(method: str, workdir: Path) -> list[str]:
     if not (run / "checkpoints" / "step-2").is_dir():
         problems.append("no checkpoint at step 2")
     resumed = tunewright.train(_config(model_dir, run, method, steps=6), resume=True)
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in read_metrics(metrics_path(run))]
     if steps[-1:] != [6] or resumed.summary.get("steps") != 6:
         problems.append(f"--resume with train.max_steps=6 ended at {steps[-1:]} (summary {resumed.summary.get('steps')})")
     print(f"{method}: losses {[round(r['loss'], 4) for r in rows]}, trainable {result.summary.get('trainable_params')}")

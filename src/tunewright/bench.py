@@ -26,6 +26,7 @@ from .bench_report import (  # noqa: F401  (re-exported: the bench's public math
     FLOP_FORMULA, GOALS, LABELS, add_mfu, compute_ratios, model_dims, render_markdown, training_flops, write_report,
 )
 from .train.hparams import cpu_flags
+from .train.metrics_log import metrics_path, read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH_DIR = REPO / "benchmarks"
@@ -132,7 +133,7 @@ def load_average() -> str:
 def tunewright_result(run_dir: Path) -> dict:
     """A tunewright run's numbers in the baselines' shape, from summary.json and metrics.jsonl."""
     summary = json.loads((run_dir / "summary.json").read_text())
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(metrics_path(run_dir))
     tokens, seconds, previous = [], [], 0
     for row in rows:
         step_tokens = row["tokens"] - previous

@@ -42,16 +42,10 @@ def fmt_interval(results: dict, key: str, row: dict) -> str:
 
 def read_training_curve(metrics_path: Path | None) -> dict[str, list[tuple[float, float]]]:
     """(step, loss) and (step, eval_loss) points from a run's metrics.jsonl; unreadable lines are skipped."""
+    from ..train.metrics_log import read_metrics
+
     curve: dict[str, list[tuple[float, float]]] = {"train": [], "eval": []}
-    if metrics_path is None or not Path(metrics_path).is_file():
-        return curve
-    for line in Path(metrics_path).read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)):
-            continue
+    for row in read_metrics(metrics_path) if metrics_path is not None else []:
         for name, key in (("train", "loss"), ("eval", "eval_loss")):
             if isinstance(row.get(key), (int, float)) and math.isfinite(row[key]):
                 curve[name].append((row["step"], float(row[key])))

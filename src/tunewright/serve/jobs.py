@@ -319,17 +319,11 @@ def _resolved_config(run_dir: str | None) -> dict:
 
 
 def _metrics_by_step(run_dir: Path) -> dict[int, dict]:
-    import json
+    from ..train.metrics_log import metrics_path, read_metrics
 
-    path = run_dir / "metrics.jsonl"
     rows: dict[int, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows.setdefault(int(row.get("step", 0)), {}).update(row)
+    for row in read_metrics(metrics_path(run_dir)):
+        rows.setdefault(row["step"], {}).update(row)
     return rows
 
 

@@ -255,17 +255,15 @@ class JobRunner:
 
     def _metrics_events(self, job: dict) -> None:
         """One `metrics` event per new training log step, worded like OpenAI's."""
-        path = Path(job["run_dir"]) / "metrics.jsonl"
-        if not path.is_file():
+        from ..train.metrics_log import metrics_path, read_metrics
+
+        rows = read_metrics(metrics_path(job["run_dir"]))
+        if not rows:
             return
         last = job["last_step"] or 0
         total = _total_steps(Path(job["run_dir"]))
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line being written right now
-            step = int(row.get("step", 0))
+        for row in rows:
+            step = row["step"]
             if step <= last or "loss" not in row:
                 continue
             of = f"/{total}" if total else ""
@@ -335,9 +333,7 @@ def _trained_tokens(run_dir: Path) -> int | None:
         for key in ("trained_tokens", "tokens"):
             if isinstance(data.get(key), int):
                 return data[key]
-    path = run_dir / "metrics.jsonl"
-    if path.is_file():
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        tokens = [r.get("tokens") for r in rows if isinstance(r.get("tokens"), int)]
-        return max(tokens) if tokens else None
-    return None
+    from ..train.metrics_log import metrics_path, read_metrics
+
+    tokens = [r.get("tokens") for r in read_metrics(metrics_path(run_dir)) if isinstance(r.get("tokens"), int)]
+    return max(tokens) if tokens else None

@@ -8,7 +8,6 @@ Preference objectives (objectives.py) divide the summed pair losses by the step'
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -31,8 +30,8 @@ from .batching import (
 )
 from .hparams import total_steps
 from .loss import head_parts, select_trained_positions, token_loss_sum
+from .metrics_log import append_metrics, metrics_path, truncate_metrics
 from .progress import TrainProgress, peak_memory_bytes
-from .writes import append_line, write_text_atomic
 
 TOTALS = ("trained_tokens", "real_tokens", "padded_tokens", "train_seconds")  # kept in checkpoints: summaries cover the whole run
 
@@ -184,8 +183,8 @@ def run_training(model, train: list, validation: list, cfg: RunConfig,
         resumed = ckpt.load_resumable(run_dir, resume_from, model, optimizer, scheduler, report=accelerator.is_main_process)
         state.update(resumed.trainer_state)
         best_weights = _resumed_best_weights(resumed) if t.early_stopping_patience else None
-    metrics_path = Path(run_dir) / "metrics.jsonl"
-    _truncate_metrics(metrics_path, state["step"])
+    metrics_file = metrics_path(run_dir)
+    truncate_metrics(metrics_file, state["step"])
     val_batches = objective.batches("validation", list(range(len(validation)))) if validation else []
     result = LoopResult(**{k: state[k] for k in TOTALS})  # totals cover the whole run, resumed or not
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -243,7 +242,7 @@ def run_training(model, train: list, validation: list, cfg: RunConfig,
             result.final_loss = step_loss
             result.final_eval_loss = row.get("eval_loss", result.final_eval_loss)
             if accelerator.is_main_process and (done % t.log_every == 0 or done == total or "eval_loss" in row):
-                _append_metrics(metrics_path, row)
+                append_metrics(metrics_file, row)
                 accelerator.log(row, step=done)
             result.history.append(row)
             progress.update(row)
@@ -303,32 +302,3 @@ def _save(run_dir, step, model, optimizer, scheduler, state, keep, accelerator, 
         ckpt.save_checkpoint(run_dir, step, accelerator.unwrap_model(model), optimizer, scheduler, state, best_weights)
         ckpt.rotate_checkpoints(run_dir, keep, protect=state.get("best_checkpoint"))
     accelerator.wait_for_everyone()
-
-
-def _append_metrics(path: Path, row: dict) -> None:
-    """One whole line or none: a full disk stops the run with one message, not a half line."""
-    with ckpt.stop_if_write_fails(path.parent, path):
-        append_line(path, json.dumps(row))
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop logged steps after the checkpoint so metrics.jsonl has each step once.
-
-    A line that does not parse (what a kill during the append leaves) is dropped too.
-    """
-    if not path.is_file():
-        return
-    before = path.read_text(encoding="utf-8", errors="replace")
-    rows = [(line, _parse_row(line)) for line in before.splitlines()]
-    after = "".join(line + "\n" for line, row in rows if row is not None and row.get("step", 0) <= step)
-    if after != before:  # rewritten whole or not at all: a resume on a still-full disk loses no line
-        with ckpt.stop_if_write_fails(path.parent, path):
-            write_text_atomic(path, after)
-
-
-def _parse_row(line: str) -> dict | None:
-    try:
-        row = json.loads(line)
-    except ValueError:
-        return None
-    return row if isinstance(row, dict) and isinstance(row.get("step"), int) else None

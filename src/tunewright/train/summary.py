@@ -7,6 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .metrics_log import read_metrics
+
 
 def human_bytes(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
@@ -75,23 +77,8 @@ def already_finished(run_dir: Path) -> dict | None:
     return summary
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of metrics.jsonl; a line that does not parse (a killed append) is skipped."""
-    rows = []
-    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and "step" in row:
-            rows.append(row)
-    return rows
-
-
 def plot_loss_curve(metrics_path: Path, out_png: Path) -> Path | None:
     """Train and validation loss against step; None when there is nothing to plot."""
-    if not metrics_path.is_file():
-        return None
     rows = [r for r in read_metrics(metrics_path) if "loss" in r]
     if not rows:
         return None
