@@ -58,3 +58,11 @@ def test_example_config_loads_and_points_at_the_example_data():
     assert cfg.model == "smollm2-135m-instruct" and cfg.method == "lora" and cfg.output_dir == "runs/stdlib-qa"
     for path in (cfg.data.train, cfg.data.validation):
         assert (REPO / path).is_file()
+
+
+def test_a_flag_fills_a_section_left_empty_in_the_yaml(tmp_path):
+    """`data:` with nothing under it reads as null; --data (a keyword field) and --set still fill it."""
+    path = tmp_path / "c.yaml"
+    path.write_text("model: smollm2-135m-instruct\ndata:\ntrain:\n")
+    cfg = load_config(path, overrides=["train.seed=7"], data__train="a.jsonl")
+    assert cfg.data.train == "a.jsonl" and cfg.train.seed == 7

@@ -23,9 +23,17 @@ import time
 from pathlib import Path
 
 from .bench_report import (  # noqa: F401  (re-exported: the bench's public maths)
-    FLOP_FORMULA, GOALS, LABELS, add_mfu, compute_ratios, model_dims, render_markdown, training_flops, write_report,
+    FLOP_FORMULA,
+    GOALS,
+    LABELS,
+    add_mfu,
+    compute_ratios,
+    model_dims,
+    render_markdown,
+    training_flops,
+    write_report,
 )
-from .train.hparams import cpu_flags
+from .train.hparams import BF16_CPU_FLAGS, cpu_flags, native_bf16
 from .train.metrics_log import metrics_path, read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,17 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
 # --- hardware ---------------------------------------------------------------------------------
 
 
-def native_bf16() -> tuple[bool, str]:
-    """Whether bf16 matmuls run in hardware here, and why (bf16 emulated on AVX2 is ~100x slower than fp32)."""
+def bf16_support_explained() -> tuple[bool, str]:
+    """`hparams.native_bf16` on this machine's default device, with the reason for the bench report."""
     import torch
 
     if torch.cuda.is_available():
-        ok = torch.cuda.is_bf16_supported()
+        ok = native_bf16(torch.device("cuda"))
         return ok, f"CUDA {torch.cuda.get_device_name()} {'supports' if ok else 'lacks'} bf16"
-    flags = cpu_flags()
-    found = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    found = sorted(cpu_flags() & BF16_CPU_FLAGS)
     capability = torch.backends.cpu.get_cpu_capability()
-    if found:
+    if native_bf16(torch.device("cpu")):
         return True, f"CPU flags {', '.join(found)} (torch capability {capability})"
     return False, f"CPU has no avx512_bf16/amx_bf16 (torch capability {capability})"
 
@@ -246,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         args.validation = DEFAULT_VALIDATION
     out_dir = Path(args.out)
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
-    bf16_ok, bf16_why = native_bf16()
+    bf16_ok, bf16_why = bf16_support_explained()
     trl_python = find_baseline_python(args.python)
     base_python = trl_python or args.python or sys.executable
     todo = plan(args, bf16_ok, trl_python)

@@ -167,16 +167,18 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected key=value", "write it as --set train.learning_rate=1e-4")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = raw
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        node[parts[-1]] = parse_value(value)
+        set_key(raw, key.strip().split("."), parse_value(value))
     return raw
+
+
+def set_key(raw: dict, parts: list[str], value: Any) -> None:
+    """Set a nested key (`["train", "seed"]` for train.seed) in place, making the sections it needs."""
+    node = raw
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
 
 
 def _deep_copy(d: Any) -> Any:
@@ -207,20 +209,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     raw = read_yaml(path) if path else {}
     for key, value in fields.items():
         if value is not None:
-            _set_path(raw, key.split("__"), value)
+            set_key(raw, key.split("__"), value)
     raw = apply_overrides(raw, overrides or [])
     source = str(path) if path else "config"
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
         raise _explain(e, source) from None
-
-
-def _set_path(raw: dict, parts: list[str], value: Any) -> None:
-    node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
 
 
 def to_yaml(config: RunConfig) -> str:

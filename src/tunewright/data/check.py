@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .conversation import Conversation, LoadedRows
-from .dataset import length_stats, tokenize_one
+from .dataset import files_summary, length_stats, tokenize_one
 from .formats import data_kind, load_conversations, read_detected
 from .validate import bad_rows_json, duplicate_counts, overlap_count
 
@@ -54,7 +54,7 @@ def check_data(paths, model: str | None = None, max_seq_len: int = 1024, fmt: st
         "model": model,
         "max_seq_len": max_seq_len,
         "format": fmt,
-        "files": _files(train, "train") + _files(val, "validation"),
+        "files": files_summary(train, "train") + files_summary(val, "validation"),
         "rows": len(train.conversations),
         "validation_rows": len(val.conversations),
         "bad_rows": bad_rows_json(bad),
@@ -96,7 +96,7 @@ def check_pairs(train_files: tuple, val_files: tuple | None, tokenizer, model: s
         bad += list(val_files[1]) + sort_bad_rows(val.bad_rows + val_tokens.bad_rows)
     report = {
         "kind": "preference", "model": model, "max_seq_len": max_seq_len, "format": fmt,
-        "files": _files(train, "train") + (_files(val, "validation") if val else []),
+        "files": files_summary(train, "train") + (files_summary(val, "validation") if val else []),
         "rows": len(tokens.pairs), "pairs": len(tokens.pairs), "validation_rows": len(val_tokens.pairs) if val else 0,
         "bad_rows": bad_rows_json(bad), "bad_row_count": len(bad),
         **split_lengths(tokens), "truncated": tokens.truncated, "dropped": len(tokens.dropped), "dropped_examples": tokens.dropped[:10],
@@ -135,10 +135,6 @@ def _load_tokenizer(model: str):
     from ..models import load_tokenizer, local_model_dir
 
     return load_tokenizer(local_model_dir(model))
-
-
-def _files(rows: LoadedRows, split: str) -> list[dict]:
-    return [{"path": p, "split": split, "format": rows.formats.get(p, "unknown"), "rows": n} for p, n in rows.rows_per_file.items()]
 
 
 def measure(convs: list[Conversation], tokenizer, max_seq_len: int) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..config import DataConfig, RunConfig
 from ..errors import UserError
 from . import templates
-from .conversation import Conversation, LoadedRows
+from .conversation import Conversation, LoadedFiles, LoadedRows
 from .formats import load_conversations
 from .template_kwargs import apply_template_defaults, resolve_template_kwargs
 from .templates import TokenizedExample
@@ -225,7 +225,8 @@ def split_summary(split: TokenizedSplit) -> dict:
     }
 
 
-def files_summary(rows: LoadedRows, split: str) -> list[dict]:
+def files_summary(rows: LoadedFiles, split: str) -> list[dict]:
+    """Each file read, its split, detected format and row count (data reports and `data check`)."""
     return [{"path": p, "split": split, "format": rows.formats.get(p, "unknown"), "rows": n} for p, n in rows.rows_per_file.items()]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from ..config import set_key
 from .jobs_store import JobStore, now
 
 log = logging.getLogger("tunewright.serve.jobs")
@@ -87,11 +87,7 @@ def job_config(job: dict, training_path: str, validation_path: str | None, learn
     if learning_rate is not None:
         config["train"]["learning_rate"] = learning_rate
     for dotted, value in (extras.get("settings") or {}).items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        set_key(config, dotted.split("."), value)
     return config
 
 
@@ -312,17 +308,15 @@ def _result_dir(run_dir: Path) -> bool:
 
 
 def _total_steps(run_dir: Path) -> int | None:
-    """The run's optimizer steps, from its resolved config (and data report when max_steps is unset)."""
-    cfg, report = run_dir / "config.yaml", run_dir / "data_report.json"
-    if not cfg.is_file():
-        return None
-    train = (yaml.safe_load(cfg.read_text()) or {}).get("train") or {}
-    if train.get("max_steps"):
-        return int(train["max_steps"])
+    """The run's optimizer steps, as the trainer counts them, from its resolved config and data report."""
+    from ..config import RunConfig
+    from ..train.hparams import total_steps
+
     try:
-        examples = json.loads(report.read_text())["train_examples"]
-        return max(1, math.ceil(math.ceil(examples / int(train["batch_size"])) * float(train["epochs"])))
-    except (OSError, KeyError, TypeError, ValueError):
+        cfg = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+        examples = json.loads((run_dir / "data_report.json").read_text())["train_examples"] if not cfg.train.max_steps else 0
+        return total_steps(cfg, examples)
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):  # not written yet, or being written
         return None
 
 

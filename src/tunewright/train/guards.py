@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 from rich.console import Console
 
-from ..config import RunConfig, load_config
+from ..config import RunConfig, load_config, set_key
 from ..errors import UserError
 
 # keys that change how a run is watched, saved or laid out in memory, never what it computes
@@ -91,7 +91,7 @@ def merge_resume_request(requested: RunConfig, saved: RunConfig) -> RunConfig:
         if problem:
             refused.append(problem)
         else:
-            _put(raw, key, new)
+            set_key(raw, key.split("."), new)
     if refused:
         raise UserError(
             "--resume: this request differs from the run's config.yaml in what it computes: " + "; ".join(refused) +
@@ -156,10 +156,3 @@ def _get(cfg: BaseModel, key: str) -> Any:
     for part in key.split("."):
         node = getattr(node, part)
     return node
-
-
-def _put(raw: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    for part in parts[:-1]:
-        raw = raw[part]
-    raw[parts[-1]] = value

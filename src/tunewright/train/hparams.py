@@ -32,6 +32,8 @@ from ..config import RunConfig
 from .cpu_usage import idle_cores, measure_busy_elsewhere, usable_cores
 from .preference_loss import AUTO_BETA
 
+BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}  # CPU flags of native bf16 matmuls
+
 
 def auto_epochs(n_examples: int) -> float:
     if n_examples < 1_000:
@@ -75,7 +77,7 @@ def native_bf16(device: torch.device) -> bool:
     """Whether bf16 matmuls run in hardware here (emulated bf16 is far slower than fp32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return bool(cpu_flags() & BF16_CPU_FLAGS)
 
 
 def auto_precision(device: torch.device) -> str:
