@@ -167,11 +167,13 @@ def serve(
     database: Optional[str] = typer.Option(None, "--database", help="Jobs database URL (default: sqlite in ./runs)."),
     max_batch_size: int = typer.Option(16, "--max-batch-size"),
     engine: str = typer.Option("torch", "--engine", help="torch | vllm"),
+    runs: Optional[str] = typer.Option(None, "--runs", help="A folder of run folders (trained with tunewright train) to show, read-only, in the dashboard."),
 ):
-    """Serve models with an OpenAI-compatible API."""
+    """Serve models with an OpenAI-compatible API and the dashboard at http://HOST:PORT/."""
     from .serve import serve as run_serve
 
-    run_serve(models, host=host, port=port, api_key=api_key, database=database, max_batch_size=max_batch_size, engine=engine)
+    run_serve(models, host=host, port=port, api_key=api_key, database=database, max_batch_size=max_batch_size, engine=engine,
+              runs_dir=runs)
 
 
 @app.command()

@@ -6,6 +6,7 @@ is the right tool for a dataset of this size and kind.
 """
 from __future__ import annotations
 
+import math
 import re
 import time
 from pathlib import Path
@@ -151,6 +152,7 @@ def measure(convs: list[Conversation], tokenizer, max_seq_len: int) -> dict:
         trained += ex.trained_tokens
     return {
         "token_lengths": length_stats(lengths),
+        "length_histogram": length_histogram(lengths),
         "truncated": truncated,
         "dropped": len(dropped),
         "dropped_examples": dropped[:10],
@@ -158,6 +160,18 @@ def measure(convs: list[Conversation], tokenizer, max_seq_len: int) -> dict:
         "trained_tokens": trained,
         "trained_token_share": round(trained / tokens, 4) if tokens else 0.0,
     }
+
+
+def length_histogram(lengths: list[int], bins: int = 20) -> list[dict]:
+    """Token lengths in equal-width bins ({lo, hi, count}; hi exclusive but the last), for a histogram with the max_seq_len cut."""
+    if not lengths:
+        return []
+    lo, hi = min(lengths), max(lengths)
+    width = max(1, math.ceil((hi - lo + 1) / bins))
+    counts = [0] * math.ceil((hi - lo + 1) / width)
+    for n in lengths:
+        counts[(n - lo) // width] += 1
+    return [{"lo": lo + i * width, "hi": lo + (i + 1) * width, "count": c} for i, c in enumerate(counts)]
 
 
 def _hinges_on_time(conv: Conversation) -> bool:

@@ -37,6 +37,11 @@ def _check_engine(engine: str) -> None:
         raise UserError("--engine vllm is not wired up in this version", "use --engine torch, or run `vllm serve BASE --enable-lora` yourself")
 
 
+def _check_runs_dir(runs_dir: str | None) -> None:
+    if runs_dir is not None and not os.path.isdir(runs_dir):
+        raise UserError(f"--runs {runs_dir}: no such folder", "pass the folder that holds your run folders, e.g. --runs runs/")
+
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -90,11 +95,13 @@ class Server:
         self.engine.stop()
 
 
-def build_app(models: list[str], api_key: str | None = None, database: str | None = None, max_batch_size: int = 16) -> Server:
+def build_app(models: list[str], api_key: str | None = None, database: str | None = None, max_batch_size: int = 16,
+              runs_dir: str | None = None) -> Server:
     """Load every model, start the batching worker and the jobs runner, and build the app.
 
     The fine-tuning jobs API is on unless TUNEWRIGHT_JOBS=0 (its state goes to `database`,
-    default sqlite:///runs/tunewright.db relative to the working directory).
+    default sqlite:///runs/tunewright.db relative to the working directory). `runs_dir` is listed,
+    read-only, by the dashboard and `GET /v1/runs`.
     """
     from .app import create_app
     from .engine import Engine
@@ -114,26 +121,28 @@ def build_app(models: list[str], api_key: str | None = None, database: str | Non
         from .jobs import JobsService
 
         jobs = JobsService.open(database, registry, engine)
-    return Server(create_app(registry, engine, api_key=api_key, jobs=jobs), registry, engine, jobs)
+    return Server(create_app(registry, engine, api_key=api_key, jobs=jobs, runs_dir=runs_dir), registry, engine, jobs)
 
 
 def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          database: str | None = None, max_batch_size: int = 16, engine: str = "torch") -> None:
+          database: str | None = None, max_batch_size: int = 16, engine: str = "torch", runs_dir: str | None = None) -> None:
     """Serve `models` with an OpenAI-compatible API until interrupted."""
     import uvicorn
 
     _check_engine(engine)
     _check_port(host, port)
+    _check_runs_dir(runs_dir)
     api_key = api_key or os.environ.get("TUNEWRIGHT_API_KEY") or None
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the models",
               file=sys.stderr)
     with _stop_on_signals():
         try:
-            server = build_app(models, api_key=api_key, database=database, max_batch_size=max_batch_size)
+            server = build_app(models, api_key=api_key, database=database, max_batch_size=max_batch_size, runs_dir=runs_dir)
         except ShutdownRequested:
             return
-        print(f"serving {', '.join(server.registry.ids())} at http://{host}:{port}/v1", file=sys.stderr)
+        print(f"serving {', '.join(server.registry.ids())} at http://{host}:{port}/v1; dashboard at http://{host}:{port}/",
+              file=sys.stderr)
         try:
             uvicorn.run(server.app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
         except ShutdownRequested as stop:

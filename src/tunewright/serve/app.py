@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..data.templates import generation_prompt_ids
+from .dashboard import install_dashboard_and_api
 from .engine import Engine, GenerationRequest
 from .errors import (
     APIKeyMiddleware,
@@ -49,8 +50,12 @@ class Prepared:
     body: _Sampling
 
 
-def create_app(registry: Registry, engine: Engine, api_key: str | None = None, jobs=None) -> FastAPI:
-    """The FastAPI app; `jobs` (a fine-tuning jobs service) adds the /v1/files and /v1/fine_tuning routes."""
+def create_app(registry: Registry, engine: Engine, api_key: str | None = None, jobs=None, runs_dir: str | None = None) -> FastAPI:
+    """The FastAPI app; `jobs` (a fine-tuning jobs service) adds the /v1/files and /v1/fine_tuning routes.
+
+    The dashboard at `/` and the API it needs beyond OpenAI's (`/v1/runs` over `runs_dir` and the jobs'
+    runs, `/v1/files/check`) come with it.
+    """
     app = FastAPI(title="tunewright", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     if api_key:
@@ -97,6 +102,7 @@ def create_app(registry: Registry, engine: Engine, api_key: str | None = None, j
 
     if jobs is not None:
         jobs.install(app)
+    install_dashboard_and_api(app, registry, jobs, runs_dir, api_key_required=bool(api_key))
     return app
 
 

@@ -20,7 +20,8 @@ log = logging.getLogger("tunewright.serve")
 MAX_BODY_BYTES = 4 * 2**20  # chat and completion requests; uploads get their own limit
 MAX_UPLOAD_BYTES = 512 * 2**20  # the OpenAI limit for one file
 UPLOAD_PATHS = ("/v1/files",)
-OPEN_PATHS = ("/health",)  # answered without an API key: load balancers probe it
+OPEN_PATHS = ("/health", "/")  # answered without an API key: load balancers probe /health; the dashboard asks for the key
+OPEN_PREFIXES = ("/dashboard/",)  # the dashboard's static files (they hold no data; the API they call is guarded)
 
 
 class ErrorResponse(JSONResponse):
@@ -134,7 +135,7 @@ class APIKeyMiddleware:
         self.app, self.expected = app, f"Bearer {api_key}".encode()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIXES):
             return await self.app(scope, receive, send)
         given = dict(scope.get("headers") or []).get(b"authorization")
         if given is None:

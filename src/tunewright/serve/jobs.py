@@ -146,6 +146,16 @@ class JobsService:
                               code="invalid_value") from None
 
     def create_job(self, body: CreateJob) -> dict:
+        job, training, _ = self.validated_job(body)
+        job_id = job["id"]
+        self.store.add_job(job)
+        self.store.add_event(job_id, f"Validating training file: {training['id']}")
+        self.store.update_job(job_id, status="queued")
+        self.store.add_event(job_id, "Files validated, moving job to queued state")
+        return self.job_object(self.store.job(job_id))
+
+    def validated_job(self, body: CreateJob) -> tuple[dict, dict, dict | None]:
+        """The job row `body` asks for, and its training and validation file rows; any fault is a 400 (nothing is stored)."""
         method_type = method_type_of(body)
         if body.suffix is not None and not re.fullmatch(r"[A-Za-z0-9_.-]*", body.suffix):
             raise OpenAIError(400, "suffix may hold only letters, digits, '-', '_' and '.'.", param="suffix", code="invalid_value")
@@ -163,11 +173,7 @@ class JobsService:
                "status": "validating_files",
                "created_at": now(), "run_dir": str((self.store.root / "ft-jobs" / job_id).resolve())}
         self._checked_config(job, training, validation)
-        self.store.add_job(job)
-        self.store.add_event(job_id, f"Validating training file: {training['id']}")
-        self.store.update_job(job_id, status="queued")
-        self.store.add_event(job_id, "Files validated, moving job to queued state")
-        return self.job_object(self.store.job(job_id))
+        return job, training, validation
 
     # --- output shapes ------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ class RunningBatch:
     last_tokens: object = None  # (B,) the tokens to feed next
 
     @classmethod
-    def empty(cls, key: tuple, device: str) -> "RunningBatch":
+    def empty(cls, key: tuple, device: str) -> RunningBatch:
         from transformers import DynamicCache
 
         return cls(key, device, DynamicCache())
@@ -64,7 +64,7 @@ class RunningBatch:
         positions = torch.tensor([[row.position - 1] for row in self.rows], dtype=torch.long, device=self.device)
         return self.last_tokens[:, None], torch.cat([self.mask, ones], dim=1), positions
 
-    def merge(self, other: "RunningBatch") -> "RunningBatch":
+    def merge(self, other: RunningBatch) -> RunningBatch:
         """Stack `other`'s rows under ours, padding the shorter cache on the left."""
         import torch
 
