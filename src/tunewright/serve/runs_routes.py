@@ -15,7 +15,7 @@ from fastapi import FastAPI, Query
 from fastapi.responses import FileResponse
 
 from ..models import RUN_MARKERS
-from ..train.summary import read_metrics
+from ..train.metrics_log import metrics_path, read_metrics
 from .errors import OpenAIError
 
 CONFIG_KEYS = ("model", "method", "objective")
@@ -52,7 +52,7 @@ class RunIndex:
 def run_object(run_id: str, folder: Path, job: dict | None) -> dict:
     """What the dashboard lists and compares: resolved config, last metrics, eval metrics, report presence."""
     config = _read_yaml(folder / "config.yaml")
-    metrics = read_metrics(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
+    metrics = read_metrics(metrics_path(folder))
     losses = [r for r in metrics if r.get("loss") is not None]
     results = _read_json(folder / "eval" / "results.json")
     return {
@@ -115,8 +115,7 @@ def add_run_routes(app: FastAPI, index: RunIndex) -> None:
     def run_metrics(run_id: str, after_step: int = Query(-1, ge=-1)):
         """Every logged step after `after_step`: a page polls with the last step it has, and gets only new points."""
         folder, _ = index.get(run_id)
-        path = folder / "metrics.jsonl"
-        rows = read_metrics(path) if path.is_file() else []
+        rows = read_metrics(metrics_path(folder))
         return {"object": "list", "data": [r for r in rows if r["step"] > after_step], "has_more": False}
 
     @app.get("/v1/runs/{run_id}/report")
