@@ -47,7 +47,7 @@ def package_modules(name: str) -> list:
             continue
         try:
             modules.append(importlib.import_module(info.name))
-        except Exception:  # noqa: BLE001 - optional platform modules (e.g. asyncio.windows_events)
+        except Exception:  # noqa: S112, BLE001 - optional platform modules (e.g. asyncio.windows_events)
             continue
     return modules
 

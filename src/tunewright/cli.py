@@ -193,6 +193,24 @@ def estimate(
     run_estimate(model, method=method, seq_len=seq_len, gpu_memory=gpu_memory, micro_batch=micro_batch, overrides=set_ or [])
 
 
+@app.command()
+@_friendly
+def sweep(
+    config: Path = typer.Argument(..., help="YAML config (needs validation data: data.validation or data.validation_split)."),
+    budget: str = typer.Option("30m", "--budget", help="Wall time for the whole search: 30m, 1h, 1h30m, 90s."),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Stop after this many trials (default: as many as fit)."),
+    output: Optional[str] = typer.Option(None, "--output", help="Sweep folder (trial-NNN/, best -> the best trial, sweep.json)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a config key for every trial."),
+):
+    """Search learning rate, LoRA rank, epochs and batch size on validation loss within a time budget."""
+    from .config import load_config
+    from .sweep import parse_budget, run_sweep
+
+    seconds = parse_budget(budget)
+    cfg = load_config(config, overrides=set_ or [], output_dir=output)
+    run_sweep(cfg, seconds, max_trials=trials, source=str(config))
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @_friendly
 def bench(ctx: typer.Context):

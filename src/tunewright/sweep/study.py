@@ -1,0 +1,160 @@
+"""The search itself: Optuna asks for hyperparameters, a trial trains them, its validation losses go back.
+
+Trials run one after another (training already uses every core), each within what is left of the
+budget. TPE (seeded) picks the next point; a median pruner stops a trial whose validation loss is
+worse than the median of earlier trials at the same point of training (half-epochs seen, so runs with
+different batch sizes compare). The first trial is a known-good point (`SearchSpace.first`), so a
+sweep never ends with nothing better than random guesses. The best complete trial wins.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import RunConfig, save_config
+from ..errors import UserError
+from .report import link_best, plot_trials, print_table, write_sweep_json
+from .space import (
+    EVALS_PER_EPOCH,
+    SearchSpace,
+    count_train_examples,
+    require_validation,
+    sample_params,
+    trial_overrides,
+)
+from .trial import TrialOutcome, run_trial, train_command
+
+DEFAULT_OUTPUT = "runs/sweep"
+
+
+@dataclass
+class SweepResult:
+    out_dir: Path
+    best_dir: Path
+    best: dict
+    trials: list[dict]
+
+
+class Clock:
+    """The budget: a monotonic deadline and an estimate of seconds per trained example from trials so far."""
+
+    def __init__(self, budget_s: float):
+        self.start, self.budget_s = time.monotonic(), budget_s
+        self.deadline = self.start + budget_s
+        self.seconds, self.examples = 0.0, 0.0
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def record(self, outcome: TrialOutcome, n_train: int) -> None:
+        if outcome.evals:
+            self.seconds += outcome.seconds
+            self.examples += outcome.evals[-1][0] * n_train
+
+    def affordable_epochs(self, n_train: int) -> int:
+        """Whole epochs the time left pays for, at the pace seen so far (no estimate yet: any)."""
+        if not self.examples:
+            return 10**6
+        return math.floor(self.left() / (self.seconds / self.examples * n_train))
+
+
+def trial_record(number: int, params: dict, outcome: TrialOutcome) -> dict:
+    return {"number": number, "state": outcome.state, "params": params, "value": outcome.value,
+            "last_eval_loss": outcome.evals[-1][1] if outcome.evals else None, "evals": outcome.evals,
+            "seconds": round(outcome.seconds, 1), "run_dir": str(outcome.run_dir), "message": outcome.message}
+
+
+def pruning_callback(trial, reported: set[int]):
+    """Report each evaluation at its half-epoch index; True when Optuna says the trial should stop."""
+    import optuna  # noqa: F401  (the trial object belongs to it)
+
+    def on_eval(epoch: float, eval_loss: float) -> bool:
+        point = round(epoch * EVALS_PER_EPOCH)
+        if point in reported:  # the final evaluation can land on the last half-epoch's index
+            return False
+        reported.add(point)
+        trial.report(eval_loss, point)
+        return trial.should_prune()
+
+    return on_eval
+
+
+def make_study(seed: int, first: dict | list[dict]):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    for params in first if isinstance(first, list) else [first]:
+        study.enqueue_trial(params, skip_if_exists=True)
+    return study
+
+
+def tell(study, trial, outcome: TrialOutcome) -> None:
+    from optuna.trial import TrialState
+
+    if outcome.state == "complete" and outcome.value is not None:
+        study.tell(trial, outcome.value)
+    elif outcome.state in ("pruned", "budget"):
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        study.tell(trial, state=TrialState.FAIL)
+
+
+def prepare_output(cfg: RunConfig) -> tuple[Path, Path]:
+    """The sweep folder and the config every trial trains from (auto values left for each trial to resolve)."""
+    out_dir = Path(cfg.output_dir or DEFAULT_OUTPUT)
+    if (out_dir / "sweep.json").exists() or any(out_dir.glob("trial-*")):
+        raise UserError(f"{out_dir}: already holds a sweep", "choose another --output, or delete that folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = cfg.model_copy(deep=True)
+    base.output_dir = None
+    config_path = out_dir / "sweep-config.yaml"
+    save_config(base, config_path)
+    return out_dir, config_path
+
+
+def run_sweep(cfg: RunConfig, budget_s: float, max_trials: int | None = None, space: SearchSpace | None = None,
+              source: str = "config", first: dict | list[dict] | None = None) -> SweepResult:
+    """Search hyperparameters within `budget_s` seconds; the best trial's run folder becomes `<output>/best`."""
+    space = space or SearchSpace()
+    require_validation(cfg, source)
+    n_train = count_train_examples(cfg)
+    out_dir, config_path = prepare_output(cfg)
+    study = make_study(cfg.train.seed, first if first is not None else space.first)
+    clock, trials = Clock(budget_s), []
+    record = {"budget_s": budget_s, "train_examples": n_train, "space": space.as_dict(), "trials": trials, "best": None}
+    while (max_trials is None or len(trials) < max_trials) and clock.left() > 0:
+        max_epochs = clock.affordable_epochs(n_train)
+        if max_epochs < space.epochs[0]:
+            break  # not even the shortest trial fits in what is left
+        trial = study.ask()
+        params = sample_params(trial, space, cfg.method, max_epochs)
+        run_dir = out_dir / f"trial-{trial.number:03d}"
+        command = train_command(config_path, run_dir, trial_overrides(params, n_train))
+        outcome = run_trial(command, run_dir, pruning_callback(trial, set()), clock.deadline)
+        tell(study, trial, outcome)
+        clock.record(outcome, n_train)
+        trials.append(trial_record(trial.number, params, outcome))
+        write_sweep_json(out_dir, record)
+    return finish(out_dir, record, trials)
+
+
+def finish(out_dir: Path, record: dict, trials: list[dict]) -> SweepResult:
+    """Pick the best complete trial, link it, write sweep.json, the table and the plot."""
+    complete = [t for t in trials if t["state"] == "complete" and t["value"] is not None]
+    best = min(complete, key=lambda t: t["value"]) if complete else None
+    print_table(trials, best["number"] if best else None)
+    plot = plot_trials(trials, best["number"] if best else None, out_dir / "sweep.png")
+    record.update({"best": best, "plot": str(plot) if plot else None})
+    write_sweep_json(out_dir, record)
+    if best is None:
+        failed = next((t for t in trials if t["state"] == "failed"), None)
+        detail = f"; trial {failed['number']} failed:\n{failed['message']}" if failed else ""
+        raise UserError(f"{out_dir}: no trial finished within the budget ({len(trials)} started){detail}",
+                        "raise --budget, or shorten trials (fewer rows, a smaller data.max_seq_len)")
+    link = link_best(out_dir, Path(best["run_dir"]))
+    print(f"best: trial {best['number']} (validation loss {best['value']:.4f}) -> {link}")
+    return SweepResult(out_dir, link, best, trials)
