@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..train.metrics_log import metrics_path, read_metrics
+
 POLL_SECONDS = 0.5
 STOP_GRACE_SECONDS = 10  # a trainer that ignores SIGTERM this long is killed
 LOG_TAIL_LINES = 8
@@ -38,25 +40,15 @@ def train_command(config_path: Path, run_dir: Path, overrides: list[str]) -> lis
 
 
 class MetricsTail:
-    """New whole lines of a growing metrics.jsonl (a line still being written waits for the next poll)."""
+    """Rows of a growing metrics.jsonl not seen before (the one reader skips a line still being written)."""
 
     def __init__(self, path: Path):
-        self.path, self.offset = path, 0
+        self.path, self.last_step = path, 0
 
     def new_rows(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            chunk = f.read()
-        whole = chunk[: chunk.rfind(b"\n") + 1]
-        self.offset += len(whole)
-        rows = []
-        for line in whole.decode("utf-8", errors="replace").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
+        rows = [row for row in read_metrics(self.path) if row["step"] > self.last_step]
+        if rows:
+            self.last_step = rows[-1]["step"]
         return rows
 
 
@@ -95,7 +87,7 @@ def run_trial(command: list[str], run_dir: Path, on_eval: Callable[[float, float
     log_path = run_dir / "train.log"
     started = time.monotonic()
     evals: list[tuple[float, float]] = []
-    tail = MetricsTail(run_dir / "metrics.jsonl")
+    tail = MetricsTail(metrics_path(run_dir))
     state = None
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
