@@ -99,3 +99,29 @@ def test_budgets_parse(text, seconds):
 def test_bad_budgets_are_user_errors(text):
     with pytest.raises(UserError, match="--budget"):
         parse_budget(text)
+
+
+def _watch_rows(monkeypatch, watch, timed_rows, judge=True):
+    """Feed (time, row) pairs to a Watch with time.monotonic() planted; the verdicts in order."""
+    from tunewright.sweep import trial as trial_module
+
+    verdicts = []
+    for now, row in timed_rows:
+        monkeypatch.setattr(trial_module.time, "monotonic", lambda now=now: now)
+        verdicts.append(watch.verdict(row, judge=judge))
+    return verdicts
+
+
+def test_a_trial_whose_pace_overruns_the_budget_is_stopped_once_its_pace_is_known(monkeypatch):
+    from tunewright.sweep.trial import Watch
+
+    rows = [(100.0, {"step": 1, "epoch": 0.01}), (110.0, {"step": 2, "epoch": 0.03}), (120.0, {"step": 3, "epoch": 0.05})]
+    # 20 s per 0.04 epoch: 4 epochs need ~33 min, the deadline is 10 min away
+    slow = Watch(lambda epoch, loss: False, deadline=700.0, planned_epochs=4)
+    assert _watch_rows(monkeypatch, slow, rows) == [None, None, "budget"]  # not before 15 s of logged steps
+    assert "min after the budget" in slow.message and slow.epochs_done == 0.05
+    fits = Watch(lambda epoch, loss: False, deadline=700.0, planned_epochs=0.5)  # ~4 min: fits
+    assert _watch_rows(monkeypatch, fits, rows) == [None, None, None]
+    finished = Watch(lambda epoch, loss: True, deadline=700.0, planned_epochs=4)  # exited already: only record
+    assert _watch_rows(monkeypatch, finished, rows + [(130.0, {"step": 4, "epoch": 0.07, "eval_loss": 2.0})], judge=False) == [None] * 4
+    assert finished.evals == [(0.07, 2.0)]

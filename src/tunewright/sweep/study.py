@@ -49,9 +49,9 @@ class Clock:
         return self.deadline - time.monotonic()
 
     def record(self, outcome: TrialOutcome, n_train: int) -> None:
-        if outcome.evals:
+        if outcome.epochs_done:
             self.seconds += outcome.seconds
-            self.examples += outcome.evals[-1][0] * n_train
+            self.examples += outcome.epochs_done * n_train
 
     def affordable_epochs(self, n_train: int) -> int:
         """Whole epochs the time left pays for, at the pace seen so far (no estimate yet: any)."""
@@ -134,7 +134,7 @@ def run_sweep(cfg: RunConfig, budget_s: float, max_trials: int | None = None, sp
         params = sample_params(trial, space, cfg.method, max_epochs)
         run_dir = out_dir / f"trial-{trial.number:03d}"
         command = train_command(config_path, run_dir, trial_overrides(params, n_train))
-        outcome = run_trial(command, run_dir, pruning_callback(trial, set()), clock.deadline)
+        outcome = run_trial(command, run_dir, pruning_callback(trial, set()), clock.deadline, params["epochs"])
         tell(study, trial, outcome)
         clock.record(outcome, n_train)
         trials.append(trial_record(trial.number, params, outcome))
@@ -151,8 +151,8 @@ def finish(out_dir: Path, record: dict, trials: list[dict]) -> SweepResult:
     record.update({"best": best, "plot": str(plot) if plot else None})
     write_sweep_json(out_dir, record)
     if best is None:
-        failed = next((t for t in trials if t["state"] == "failed"), None)
-        detail = f"; trial {failed['number']} failed:\n{failed['message']}" if failed else ""
+        said = next((t for t in trials if t["message"]), None)
+        detail = f"; trial {said['number']} {said['state']}: {said['message']}" if said else ""
         raise UserError(f"{out_dir}: no trial finished within the budget ({len(trials)} started){detail}",
                         "raise --budget, or shorten trials (fewer rows, a smaller data.max_seq_len)")
     link = link_best(out_dir, Path(best["run_dir"]))

@@ -20,6 +20,24 @@ from ..train.metrics_log import metrics_path, read_metrics
 POLL_SECONDS = 0.5
 STOP_GRACE_SECONDS = 10  # a trainer that ignores SIGTERM this long is killed
 LOG_TAIL_LINES = 8
+MIN_PACE_SECONDS = 15.0  # of logged steps before a trial's pace is trusted to project its end
+
+
+@dataclass
+class Pace:
+    """When a trial will end, projected from how far (in epochs) its logged steps got and how fast."""
+
+    planned_epochs: float
+    first: tuple[float, float] | None = None  # (time, epoch) of the first logged step: model loading excluded
+
+    def projected_end(self, now: float, epoch: float) -> float | None:
+        if self.first is None:
+            self.first = (now, epoch)
+            return None
+        t0, e0 = self.first
+        if epoch <= e0 or now - t0 < MIN_PACE_SECONDS:
+            return None
+        return now + (now - t0) / (epoch - e0) * max(0.0, self.planned_epochs - epoch)
 
 
 @dataclass
@@ -32,6 +50,7 @@ class TrialOutcome:
     evals: list[tuple[float, float]] = field(default_factory=list)  # (epoch, eval_loss) as logged
     value: float | None = None  # validation loss of the weights the run kept (complete runs)
     message: str = ""
+    epochs_done: float = 0.0  # how far training got (the last logged step), for the budget's pace
 
 
 def train_command(config_path: Path, run_dir: Path, overrides: list[str]) -> list[str]:
@@ -81,36 +100,61 @@ def log_tail(path: Path) -> str:
     return "\n".join(line for line in lines[-LOG_TAIL_LINES:] if line.strip())
 
 
-def run_trial(command: list[str], run_dir: Path, on_eval: Callable[[float, float], bool], deadline: float) -> TrialOutcome:
-    """Run one trainer to its end, its pruning, or the deadline (time.monotonic()); stdout/stderr go to train.log."""
+class Watch:
+    """Judges a running trial's logged rows: stop it when Optuna prunes it or its pace overruns the deadline."""
+
+    def __init__(self, on_eval: Callable[[float, float], bool], deadline: float, planned_epochs: float):
+        self.on_eval, self.deadline, self.pace = on_eval, deadline, Pace(planned_epochs)
+        self.evals: list[tuple[float, float]] = []
+        self.message, self.epochs_done = "", 0.0
+
+    def verdict(self, row: dict, judge: bool) -> str | None:
+        """"pruned", "budget" or None; with judge False (the trainer already exited) only record the row."""
+        self.epochs_done = float(row["epoch"])
+        end = self.pace.projected_end(time.monotonic(), self.epochs_done)
+        if judge and end is not None and end > self.deadline:
+            self.message = f"stopped: at its pace it would end {(end - self.deadline) / 60:.1f} min after the budget"
+            return "budget"
+        if "eval_loss" in row:
+            self.evals.append((float(row["epoch"]), float(row["eval_loss"])))
+            if self.on_eval(*self.evals[-1]) and judge:
+                return "pruned"
+        return None
+
+    def state(self, proc: subprocess.Popen, tail: MetricsTail) -> str | None:
+        """The trial's end state, or None while it should go on."""
+        exited = proc.poll() is not None
+        for row in tail.new_rows():
+            verdict = self.verdict(row, judge=not exited)
+            if verdict:
+                return verdict
+        if exited:
+            return "complete" if proc.returncode == 0 else "failed"
+        return "budget" if time.monotonic() >= self.deadline else None
+
+
+def run_trial(command: list[str], run_dir: Path, on_eval: Callable[[float, float], bool], deadline: float,
+              planned_epochs: float) -> TrialOutcome:
+    """Run one trainer to its end, its pruning, or the deadline (time.monotonic()); stdout/stderr go to train.log.
+
+    A trial whose pace says it would end after the deadline is stopped as soon as that is clear,
+    not at the deadline: the rest of the budget goes to trials that can finish.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "train.log"
     started = time.monotonic()
-    evals: list[tuple[float, float]] = []
-    tail = MetricsTail(metrics_path(run_dir))
-    state = None
+    tail, watch, state = MetricsTail(metrics_path(run_dir)), Watch(on_eval, deadline, planned_epochs), None
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
-            while state is None:
-                exited = proc.poll() is not None
-                for row in tail.new_rows():
-                    if "eval_loss" in row:
-                        evals.append((float(row["epoch"]), float(row["eval_loss"])))
-                        if on_eval(*evals[-1]) and not exited:
-                            state = "pruned"
-                            break
-                if state is None and exited:
-                    state = "complete" if proc.returncode == 0 else "failed"
-                elif state is None and time.monotonic() >= deadline:
-                    state = "budget"
-                elif state is None:
-                    time.sleep(POLL_SECONDS)
+            while (state := watch.state(proc, tail)) is None:
+                time.sleep(POLL_SECONDS)
         finally:
             stop(proc)
-    outcome = TrialOutcome(state, run_dir, time.monotonic() - started, evals)
+    outcome = TrialOutcome(state, run_dir, time.monotonic() - started, watch.evals, message=watch.message,
+                           epochs_done=watch.epochs_done)
     if state == "complete":
-        outcome.value = kept_eval_loss(run_dir, evals)
+        outcome.value = kept_eval_loss(run_dir, watch.evals)
     elif state == "failed":
         outcome.message = log_tail(log_path)
     return outcome
