@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from tunewright.cli import app
 from tunewright.data.check import check_data, print_check_report, size_guidance
+from tunewright.models import load_tokenizer
 
 
 def qa(i: int, answer: str | None = None) -> dict:
@@ -26,7 +27,7 @@ def test_check_report(tmp_path, tiny_model_dir, chat_rows):
     long_answer = qa(7, "seven " * 100)
     train = write_jsonl(tmp_path / "train.jsonl", chat_rows + [chat_rows[0], long_answer])
     val = write_jsonl(tmp_path / "val.jsonl", [qa(3), qa(500)])
-    report = check_data([str(train)], model=str(tiny_model_dir), max_seq_len=64, validation=str(val))
+    report = check_data([str(train)], load_tokenizer(str(tiny_model_dir)), str(tiny_model_dir), max_seq_len=64, validation=str(val))
     assert report["files"][0] == {"path": str(train), "split": "train", "format": "messages", "rows": 42}
     assert report["rows"] == 42 and report["validation_rows"] == 2 and report["bad_rows"] == []
     lengths = report["token_lengths"]
@@ -44,7 +45,7 @@ def test_print_check_report(tmp_path, tiny_model_dir, chat_rows):
 
     path = tmp_path / "t.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in chat_rows[:3]) + '\n{"messages": [{"role": "[bold]", "content": "Q"}]}\n')
-    report = check_data(str(path), model=str(tiny_model_dir))
+    report = check_data(str(path), load_tokenizer(str(tiny_model_dir)), str(tiny_model_dir))
     console = Console(record=True, width=200)
     print_check_report(report, console=console)
     text = console.export_text()
@@ -62,7 +63,7 @@ def test_size_guidance(n, advice):
 
 def test_recency_warning(tmp_path, tiny_model_dir):
     rows = [qa(i, f"As of 2024 the latest value is {i}.") for i in range(30)] + [qa(i) for i in range(30, 130)]
-    report = check_data(str(write_jsonl(tmp_path / "t.jsonl", rows)), model=str(tiny_model_dir))
+    report = check_data(str(write_jsonl(tmp_path / "t.jsonl", rows)), load_tokenizer(str(tiny_model_dir)), str(tiny_model_dir))
     assert report["recency_rows"] == 30
     assert any("retrieval" in w for w in report["guidance"]["warnings"])
     assert "style or tone" in report["guidance"]["size"]

@@ -50,8 +50,11 @@ def data_check(
 ):
     """Validate data files and report sizes, token lengths, duplicates and dataset-size guidance."""
     from .data.check import check_data, print_check_report
+    from .models import EMBEDDED_DEFAULT, load_tokenizer, local_model_dir
 
-    report = check_data(data, model=model, max_seq_len=max_seq_len, fmt=fmt, validation=validation, allow_any_role_order=allow_any_role_order)
+    model = model or EMBEDDED_DEFAULT
+    tokenizer = load_tokenizer(local_model_dir(model))  # only the tokenizer: data check never loads weights
+    report = check_data(data, tokenizer, model, max_seq_len=max_seq_len, fmt=fmt, validation=validation, allow_any_role_order=allow_any_role_order)
     if as_json:
         import json
 

@@ -15,10 +15,24 @@ __all__ = ["BadRow", "Conversation", "FORMATS", "LoadedRows", "Message", "PREFER
            "data_kind", "load_conversations", "load_pairs", "prepare_data", "read_detected"]
 
 
+def prepare_data(cfg, tokenizer):
+    """Load, validate, split, tokenize (cached) and report a run's data (a dataset.PreparedData).
+
+    Objective sft gets tokenized examples; dpo and orpo get PreferencePairs (pairs.py).
+    """
+    if cfg.objective != "sft":
+        from .pairs import prepare_preference_data
+
+        return prepare_preference_data(cfg, tokenizer)
+    from .dataset import prepare_sft_data
+
+    return prepare_sft_data(cfg, tokenizer)
+
+
 def __getattr__(name: str):
     # dataset.py pulls in `datasets`; import it only when asked for
-    if name in ("prepare_data", "PreparedData"):
-        from . import dataset
+    if name == "PreparedData":
+        from .dataset import PreparedData
 
-        return getattr(dataset, name)
+        return PreparedData
     raise AttributeError(name)

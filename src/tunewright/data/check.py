@@ -1,8 +1,8 @@
 """`tunewright data check`: everything worth knowing about a dataset before spending compute on it.
 
-Measures with the model's own tokenizer and chat template (only the tokenizer is loaded), so the
-lengths and the trained-token share are the ones training will see, and says whether fine-tuning
-is the right tool for a dataset of this size and kind.
+Measures with the model's own tokenizer and chat template (the caller loads only the tokenizer),
+so the lengths and the trained-token share are the ones training will see, and says whether
+fine-tuning is the right tool for a dataset of this size and kind.
 """
 from __future__ import annotations
 
@@ -33,18 +33,16 @@ RECENCY_SHARE_WARN = 0.10
 DUPLICATE_SHARE_WARN = 0.05
 
 
-def check_data(paths, model: str | None = None, max_seq_len: int = 1024, fmt: str = "auto", validation=None,
+def check_data(paths, tokenizer, model: str, max_seq_len: int = 1024, fmt: str = "auto", validation=None,
                allow_any_role_order: bool = False) -> dict:
-    """Validate and measure data files; the report says what training would see (JSON-serialisable)."""
+    """Validate and measure data files with `model`'s tokenizer; the report says what training would see (JSON-serialisable)."""
     start = time.perf_counter()
-    model = model or _default_model()
     files, missing = read_detected(paths, fmt)
     val_files = read_detected(validation, fmt) if validation else ([], [])
     if data_kind(files + val_files[0]) == "preference":  # data check has no objective: the files say which kind
-        report = check_pairs((files, missing), val_files if validation else None, _load_tokenizer(model), model, max_seq_len, fmt)
+        report = check_pairs((files, missing), val_files if validation else None, tokenizer, model, max_seq_len, fmt)
         report["seconds"] = round(time.perf_counter() - start, 2)
         return report
-    tokenizer = _load_tokenizer(model)
     order = {"any_role_order": allow_any_role_order, "tokenizer": tokenizer}
     train = _with_missing(load_conversations(paths, fmt, files=files, **order), missing)
     val = _with_missing(load_conversations(validation, fmt, files=val_files[0], **order), val_files[1]) if validation else LoadedRows()
@@ -123,19 +121,6 @@ def pairs_guidance(report: dict) -> dict:
     if overlap and overlap["count"]:
         warnings.append(f"{overlap['count']} validation pairs share their prompt with a training pair: held-out accuracy will be inflated")
     return {"size": size_guidance(n).replace("examples", "pairs"), "warnings": warnings}
-
-
-def _default_model() -> str:
-    from ..models import EMBEDDED_DEFAULT
-
-    return EMBEDDED_DEFAULT
-
-
-def _load_tokenizer(model: str):
-    """Only the tokenizer (the embedded GGUF's folder is dequantized once and cached by models.py)."""
-    from ..models import load_tokenizer, local_model_dir
-
-    return load_tokenizer(local_model_dir(model))
 
 
 def measure(convs: list[Conversation], tokenizer, max_seq_len: int) -> dict:

@@ -56,15 +56,8 @@ class TokenizedSplit:
         return [c.source for c, e in zip(self.conversations, self.examples) if not e.trained_tokens]
 
 
-def prepare_data(cfg: RunConfig, tokenizer) -> PreparedData:
-    """Load, validate, split, tokenize (cached) and report the training data of a run.
-
-    Objectives dpo and orpo get PreferencePairs instead of examples (pairs.prepare_preference_data).
-    """
-    if cfg.objective != "sft":
-        from .pairs import prepare_preference_data
-
-        return prepare_preference_data(cfg, tokenizer)
+def prepare_sft_data(cfg: RunConfig, tokenizer) -> PreparedData:
+    """Load, validate, split, tokenize (cached) and report the training data of an sft run."""
     data = cfg.data
     train_rows, val_rows = load_rows(data, tokenizer, cfg.objective)
     # template variables (Qwen3 enable_thinking) become the template's defaults: training and inference render alike

@@ -178,10 +178,10 @@ def split_summary(split: TokenizedPairs) -> dict:
 
 def pairs_report(data, loaded: list, bad: list[BadRow], train: TokenizedPairs, val: TokenizedPairs, dropped: list[str]) -> dict:
     """The data report of a preference run (run_dir/data_report.json): pairs, lengths, truncation, drops, duplicates."""
+    from .dataset import files_summary
     from .validate import bad_rows_json
 
-    files = [{"path": p, "split": split, "format": rows.formats.get(p, "unknown"), "rows": n}
-             for rows, split in zip(loaded, ("train", "validation")) for p, n in rows.rows_per_file.items()]
+    files = [f for rows, split in zip(loaded, ("train", "validation")) for f in files_summary(rows, split)]
     train_sum, val_sum = split_summary(train), split_summary(val)
     overlap = prompt_overlap(train.rows, val.rows)
     return {

@@ -101,7 +101,9 @@ def create_app(registry: Registry, engine: Engine, api_key: str | None = None, j
         return await _respond(engine, prepared, request, chat=False)
 
     if jobs is not None:
-        jobs.install(app)
+        from .jobs_routes import add_routes
+
+        add_routes(app, jobs)
     install_dashboard_and_api(app, registry, jobs, runs_dir, api_key_required=bool(api_key))
     return app
 

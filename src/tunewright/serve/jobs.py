@@ -14,7 +14,6 @@ import re
 import shutil
 from pathlib import Path
 
-from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
@@ -218,13 +217,6 @@ class JobsService:
                         "step_number": step, "fine_tuning_job_id": job["id"],
                         "metrics": {"step": step, "train_loss": row.get("loss"), "valid_loss": row.get("eval_loss")}})
         return out
-
-    # --- routes -------------------------------------------------------------------------------
-
-    def install(self, app: FastAPI) -> None:
-        from .jobs_routes import add_routes
-
-        add_routes(app, self)
 
     def save_upload(self, upload, purpose: str) -> dict:
         """Store an uploaded file and validate it as training data before answering."""
