@@ -19,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from tunewright.bench import (
+from bench import (
     find_baseline_python,
     load_average,
     run_logged,

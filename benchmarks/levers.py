@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["interleaved"] = _child("interleaved", "+".join(names), args)
         print("interleaved", json.dumps(report["interleaved"], indent=1), file=sys.stderr)
     if "peak" in wanted:
-        from tunewright.bench import matmul_peak
+        from bench import matmul_peak
 
         report["peaks"] = {d: matmul_peak(d, threads=args.threads) for d in ("float32", "bfloat16")}
         print("peak", {d: round(v["flops_per_s"] / 1e9, 1) for d, v in report["peaks"].items()}, file=sys.stderr)

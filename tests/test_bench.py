@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tunewright import bench
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+import bench  # noqa: E402  (benchmarks/bench.py: benchmark code is not in the installed package)
 
 SMOL = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
         "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152}
@@ -125,6 +124,22 @@ def test_plan_skips_with_reasons():
     assert forced == {"tunewright": "--precision bf16", "tunewright_bf16": None}
     with pytest.raises(SystemExit):
         bench.plan(bench.build_parser().parse_args(["--only", "nope"]), True, None)
+
+
+def test_tunewright_bench_runs_benchmarks_bench_py_of_the_checkout(tmp_path):
+    """The command finds benchmarks/bench.py beside the source tree and hands it the arguments."""
+    proc = subprocess.run([sys.executable, "-m", "tunewright.cli", "bench", "--only", "nope", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False)
+    assert proc.returncode == 1 and "unknown --only name(s) ['nope']" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_bench_outside_a_checkout_is_one_clear_error(tmp_path):
+    from tunewright.cli import bench_script
+    from tunewright.errors import UserError
+
+    with pytest.raises(UserError, match="needs a source checkout") as caught:
+        bench_script([tmp_path])
+    assert "clone the tunewright repository" in caught.value.fix
 
 
 def test_packing_steps_match_the_others_tokens():

@@ -217,10 +217,25 @@ def sweep(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @_friendly
 def bench(ctx: typer.Context):
-    """Benchmark tunewright against Transformers Trainer + PEFT and TRL, side by side (see benchmarks/)."""
-    from .bench import main as bench_main
+    """Benchmark tunewright against Transformers Trainer + PEFT and TRL, side by side (from a source checkout)."""
+    bench_script().main(list(ctx.args))
 
-    bench_main(list(ctx.args))
+
+def bench_script(roots: list[Path] | None = None):
+    """benchmarks/bench.py of the checkout this package runs from, or of the working directory.
+
+    Benchmark code is not installed with the package; outside a checkout this says where to get it.
+    """
+    import importlib
+    import sys
+
+    for root in roots if roots is not None else [Path(__file__).resolve().parents[2], Path.cwd()]:
+        script = root / "benchmarks" / "bench.py"
+        if script.is_file():
+            sys.path.insert(0, str(script.parent))  # bench.py imports its neighbours (bench_report, baselines)
+            return importlib.import_module("bench")
+    raise UserError("`tunewright bench` needs a source checkout: benchmarks/bench.py is not part of the installed package",
+                    "clone the tunewright repository and run `make bench` (or `tunewright bench`) inside it")
 
 
 def _quiet_libraries() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
@@ -14,12 +15,12 @@ console = Console(stderr=True)
 
 
 def example_data_dir() -> Path:
-    """The stdlib-qa example set: next to the source tree (editable install) or in the working directory."""
-    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
-        candidate = root / "examples" / "stdlib-qa"
-        if (candidate / "train.jsonl").is_file():
-            return candidate
-    raise UserError("the example data (examples/stdlib-qa) was not found", "run quickstart from a clone of the tunewright repository")
+    """The stdlib-qa example set, shipped in the package (in a checkout, a link to examples/stdlib-qa)."""
+    data = Path(str(resources.files("tunewright") / "example_data")).resolve()
+    if not (data / "train.jsonl").is_file():
+        raise UserError(f"the example data was not found in {data} (a damaged install?)",
+                        "reinstall tunewright (pip install --force-reinstall tunewright), or run quickstart from a clone")
+    return data
 
 
 def quickstart_config(output: str, max_steps: int | None = None, overrides: list[str] | None = None):

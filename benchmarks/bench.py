@@ -7,8 +7,9 @@ per second over its optimizer steps only (model load excluded, first step report
 share, peak memory, and final train and validation loss. This module runs them, measures the
 matmul peak, and writes the ratios, model FLOP utilisation, a Markdown table and a JSON file.
 
-The baselines live in `benchmarks/` (`trainer_peft.py`, `trl_sft.py`); TRL comes from the `bench`
-extra (`make bench` installs it into `.venv-bench`).
+The baselines live beside this file (`trainer_peft.py`, `trl_sft.py`); TRL comes from the `bench`
+extra (`make bench` installs it into `.venv-bench`). Benchmark code is not part of the installed
+package: `tunewright bench` runs this file from a source checkout (`python benchmarks/bench.py` too).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from .bench_report import (  # noqa: F401  (re-exported: the bench's public maths)
+from bench_report import (  # noqa: F401  (re-exported: the bench's public maths)
     FLOP_FORMULA,
     GOALS,
     LABELS,
@@ -33,11 +34,12 @@ from .bench_report import (  # noqa: F401  (re-exported: the bench's public math
     training_flops,
     write_report,
 )
-from .train.hparams import BF16_CPU_FLAGS, cpu_flags, native_bf16
-from .train.metrics_log import metrics_path, read_metrics
 
-REPO = Path(__file__).resolve().parents[2]
-BENCH_DIR = REPO / "benchmarks"
+from tunewright.train.hparams import BF16_CPU_FLAGS, cpu_flags, native_bf16
+from tunewright.train.metrics_log import metrics_path, read_metrics
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
 DEFAULT_DATA = "examples/stdlib-qa/train.jsonl"
 DEFAULT_VALIDATION = "examples/stdlib-qa/test.jsonl"
 RUNNERS = ("tunewright", "tunewright_bf16", "trainer_peft", "trl_no_packing", "trl_packing")
@@ -352,9 +354,9 @@ def packing_steps(args, lengths: dict | None) -> int:
 def example_lengths(args) -> dict | None:
     """Sum of L and of L^2 over the training examples (the attention FLOP term), as every tool sees them."""
     try:
-        from .config import load_config
-        from .data import prepare_data
-        from .models import load_tokenizer, local_model_dir
+        from tunewright.config import load_config
+        from tunewright.data import prepare_data
+        from tunewright.models import load_tokenizer, local_model_dir
 
         cfg = load_config(model=args.model, overrides=[f"data.train={args.data}", f"data.max_seq_len={args.max_len}"])
         data = prepare_data(cfg, load_tokenizer(local_model_dir(args.model)))
@@ -367,7 +369,7 @@ def example_lengths(args) -> dict | None:
 
 def _dims(model: str) -> dict | None:
     try:
-        from .models import local_model_dir
+        from tunewright.models import local_model_dir
 
         config = json.loads((Path(local_model_dir(model)) / "config.json").read_text())
         return model_dims(config)
@@ -383,3 +385,7 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,5 @@
 """The arithmetic and the write-up of `tunewright bench`: FLOPs and MFU, ratios against the goals,
-and the Markdown + JSON report. Kept apart from bench.py, which plans and runs the processes."""
+and the Markdown + JSON report. Kept apart from bench.py (beside it), which plans and runs the processes."""
 from __future__ import annotations
 
 import json
