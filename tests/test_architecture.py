@@ -1,4 +1,4 @@
-"""Data flows one way: config -> data -> models -> train -> evaluate -> export -> serve; the CLI is on top.
+"""Data flows one way: config -> data -> models -> train -> evaluate -> (sweep) -> export -> serve; the CLI on top.
 
 Every top-level module or subpackage has its own rank, and a module may import only from its own
 layer or one ranked lower: `data` importing `models` (while `models` imports `data.templates`)
@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "tunewright"
-LAYERS = ["errors", "config", "data", "gguf_config", "models", "train", "evaluate", "export", "serve",
+LAYERS = ["errors", "config", "data", "gguf_config", "models", "train", "evaluate", "sweep", "export", "serve",
           "workflow", "quickstart", "__init__", "cli"]  # lowest first; `__init__` is the public API
 
 
