@@ -37,8 +37,8 @@ def _fmt(value, spec: str) -> str:
 def print_table(trials: list[dict], best_number: int | None, console: Console | None = None) -> None:
     console = console or Console(stderr=True)
     table = Table(title="sweep trials (validation loss: lower is better)")
-    for col in ("trial", "state", "learning rate", "LoRA r", "batch", "epochs", "val. loss", "evals", "minutes"):
-        table.add_column(col, justify="right" if col not in ("state",) else "left")
+    for col in ("trial", "state", "lr", "r", "batch", "epochs", "val loss", "evals", "min"):
+        table.add_column(col, justify="left" if col == "state" else "right", no_wrap=True)
     for t in trials:
         p = t["params"]
         mark = " *" if t["number"] == best_number else ""
