@@ -5,6 +5,8 @@ __version__ = "0.1.0"
 
 import sys
 import types
+from collections.abc import Sequence
+from pathlib import Path
 
 from .config import RunConfig, load_config
 from .errors import UserError
@@ -17,38 +19,31 @@ def train(config, resume: bool = False):
     return train_and_evaluate(config if isinstance(config, RunConfig) else load_config(config), resume=resume)
 
 
-_train = train
+def evaluate(
+    run_or_model: str,
+    data: str | Path | Sequence[str | Path],
+    compare_base: bool | None = None,
+    limit: int | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    scorer: str | None = None,
+    output_dir: str | Path | None = None,
+    as_json: bool = False,
+    batch_size: int = 8,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Evaluate a run or model on held-out examples (against its base for runs); returns results.json's content.
 
-
-class _CallableTrainPackage(types.ModuleType):
-    """The subpackage `tunewright.train`, which calling trains exactly as the function `tunewright.train` does."""
-
-    def __call__(self, config, resume: bool = False):
-        return _train(config, resume=resume)
-
-
-class _Package(types.ModuleType):
-    """Keeps `tunewright.train(config)` callable once the subpackage of the same name is imported.
-
-    Importing `tunewright.train.*` sets the subpackage as the attribute `train` of this package,
-    replacing the function (the first `tunewright.train()` call does that import, so a second call
-    failed with "'module' object is not callable"). The subpackage becomes callable instead, so both
-    `tunewright.train(config)` and `import tunewright.train.loop` keep working.
+    `scorer` is "module:function(prompt, reference, answer) -> float"; `resamples` paired bootstrap
+    resamples give the confidence intervals.
     """
-
-    def __setattr__(self, name: str, value) -> None:
-        if name == "train" and isinstance(value, types.ModuleType):
-            value.__class__ = _CallableTrainPackage
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
-def evaluate(run_or_model: str, data, **kwargs):
     from .evaluate import evaluate as _evaluate
 
-    return _evaluate(run_or_model, data=data, **kwargs)
+    return _evaluate(run_or_model, data, compare_base=compare_base, limit=limit, max_new_tokens=max_new_tokens,
+                     temperature=temperature, top_p=top_p, scorer=scorer, output_dir=output_dir, as_json=as_json,
+                     batch_size=batch_size, resamples=resamples, seed=seed)
 
 
 def merge(run: str, output: str):
@@ -63,10 +58,42 @@ def export(run: str, fmt: str = "hf", quant: str = "f16", output: str | None = N
     return _export(run, fmt=fmt, quant=quant, output=output)
 
 
-def serve(models, **kwargs):
+def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          database: str | None = None, max_batch_size: int = 16, engine: str = "torch", runs_dir: str | None = None) -> None:
+    """Serve runs, adapters or models with an OpenAI-compatible API (and the jobs API) until interrupted."""
     from .serve import serve as _serve
 
-    return _serve(models, **kwargs)
+    return _serve(models, host=host, port=port, api_key=api_key, database=database, max_batch_size=max_batch_size,
+                  engine=engine, runs_dir=runs_dir)
 
+
+# public functions that share their name with a subpackage (tunewright.train is also tunewright/train/)
+_SHADOWED = {"train": train, "evaluate": evaluate, "export": export, "serve": serve}
+
+
+class _CallableSubpackage(types.ModuleType):
+    """A subpackage named like a public function (train, evaluate, export, serve): calling it calls that function."""
+
+    def __call__(self, *args, **kwargs):
+        return _SHADOWED[self.__name__.rpartition(".")[2]](*args, **kwargs)
+
+
+class _Package(types.ModuleType):
+    """Keeps `tunewright.train(config)`, `tunewright.evaluate(...)`, ... callable once their subpackage is imported.
+
+    Importing `tunewright.evaluate.*` sets the subpackage as the attribute `evaluate` of this package,
+    replacing the function (`tunewright.train()` imports tunewright.evaluate, so a later
+    `tunewright.evaluate()` failed with "'module' object is not callable"). The subpackage becomes
+    callable instead, and shows the function's signature (`__wrapped__`) to `inspect` and `help`.
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            value.__class__ = _CallableSubpackage
+            value.__wrapped__ = _SHADOWED[name]
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = ["RunConfig", "UserError", "evaluate", "export", "load_config", "merge", "serve", "train"]
