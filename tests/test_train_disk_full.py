@@ -22,6 +22,7 @@ import tunewright.train.checkpoint as ckpt
 from tunewright.config import load_config
 from tunewright.errors import UserError
 from tunewright.train import train
+from tunewright.train.state import TrainState
 
 CLI = [sys.executable, "-m", "tunewright.cli"]
 # fp32 and the same dropout in both runs: the resumed run must equal the uninterrupted one
@@ -130,10 +131,10 @@ def _parts():
 
 def test_save_checkpoint_on_a_full_disk_leaves_no_temporary_folder_and_raises_one_user_error(disk):
     model, optimizer, scheduler = _parts()
-    first = ckpt.save_checkpoint(disk, 1, model, optimizer, scheduler, {"step": 1})
+    first = ckpt.save_checkpoint(disk, 1, model, optimizer, scheduler, TrainState(step=1))
     filler = _fill(disk, leave=_pages(first) // 2)
     with pytest.raises(UserError) as caught:
-        ckpt.save_checkpoint(disk, 2, model, optimizer, scheduler, {"step": 2})
+        ckpt.save_checkpoint(disk, 2, model, optimizer, scheduler, TrainState(step=2))
     message = str(caught.value)
     assert f"could not write {disk / 'checkpoints' / 'step-2'}" in message, message
     assert "ENOSPC" in message and f"last good checkpoint: {first}" in message, message
@@ -141,7 +142,7 @@ def test_save_checkpoint_on_a_full_disk_leaves_no_temporary_folder_and_raises_on
     assert [p.name for p in (disk / "checkpoints").iterdir()] == ["step-1"], "no .tmp folder is left"
     assert ckpt.checkpoint_problem(first) is None
     filler.unlink()
-    assert ckpt.checkpoint_problem(ckpt.save_checkpoint(disk, 2, model, optimizer, scheduler, {"step": 2})) is None
+    assert ckpt.checkpoint_problem(ckpt.save_checkpoint(disk, 2, model, optimizer, scheduler, TrainState(step=2))) is None
 
 
 def test_a_full_disk_while_saving_the_adapter_leaves_none_half_written_and_keeps_the_old_one(tiny_model_dir, tmp_path, disk):

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 import tunewright.train.checkpoint as ckpt
 from tunewright.config import load_config
 from tunewright.train import loop, train
+from tunewright.train.state import TrainState
 
 CLI = [sys.executable, "-m", "tunewright.cli"]
 # fp32 and a fixed dropout: a resumed run must reproduce an uninterrupted one exactly
@@ -151,13 +152,13 @@ def test_rotation_never_deletes_the_only_checkpoint_that_verifies(tmp_path):
     optimizer = torch.optim.AdamW(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     for step in (1, 2, 3):
-        ckpt.save_checkpoint(tmp_path, step, model, optimizer, scheduler, {})
+        ckpt.save_checkpoint(tmp_path, step, model, optimizer, scheduler, TrainState(step=step))
     for step in (2, 3):
         _garbage_same_size(tmp_path / "checkpoints" / f"step-{step}" / "state.pt")
     ckpt.rotate_checkpoints(tmp_path, keep=2)
     assert (tmp_path / "checkpoints" / "step-1" / ckpt.MARKER).is_file()
     assert ckpt.latest_checkpoint(tmp_path).name == "step-1"
-    ckpt.save_checkpoint(tmp_path, 4, model, optimizer, scheduler, {})
+    ckpt.save_checkpoint(tmp_path, 4, model, optimizer, scheduler, TrainState(step=4))
     ckpt.rotate_checkpoints(tmp_path, keep=2)
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-3", "step-4"]
 
@@ -177,6 +178,45 @@ def test_totals_after_a_resume_cover_the_whole_run(tiny_model_dir, data, straigh
     resumed = json.loads((killed / "summary.json").read_text())
     assert {k: resumed[k] for k in TOTALS} == {k: whole[k] for k in TOTALS}
     assert result.summary["train_seconds"] > 0
+    assert_same_adapter(straight, killed)
+
+
+# trainer_state.json of step 3 of a run, as tunewright wrote it before TrainState: `tokens` repeated `real_tokens`
+WRITTEN_BEFORE_TRAIN_STATE = {"step": 3, "best_eval_loss": 6.5465264320373535, "best_checkpoint": None, "evals_without_gain": 0,
+                              "tokens": 1287, "trained_tokens": 526, "real_tokens": 1287, "padded_tokens": 1287,
+                              "train_seconds": 0.26499428900024213, "best_step": 2}
+
+
+def test_trainer_state_written_before_train_state_reads_as_the_same_state():
+    state = TrainState.from_json(WRITTEN_BEFORE_TRAIN_STATE)
+    assert state == TrainState(step=3, trained_tokens=526, real_tokens=1287, padded_tokens=1287, train_seconds=0.26499428900024213,
+                               best_eval_loss=6.5465264320373535, best_step=2, best_checkpoint=None, evals_without_gain=0)
+    assert "tokens" not in state.to_json(), "written once, as real_tokens"
+
+
+def _as_written_before_train_state(path: Path) -> None:
+    """Rewrite a checkpoint's trainer_state.json in the old layout (manifest updated, so it still verifies)."""
+    new = json.loads(path.read_text())
+    old = {k: new[k] for k in ("step", "best_eval_loss", "best_checkpoint", "evals_without_gain")}
+    old["tokens"] = new["real_tokens"]
+    old.update({k: new[k] for k in ("trained_tokens", "real_tokens", "padded_tokens", "train_seconds")})
+    if new["best_step"] is not None:
+        old["best_step"] = new["best_step"]
+    path.write_text(json.dumps(old, indent=2))
+    for written_after_the_files in (ckpt.MANIFEST, ckpt.MARKER):
+        (path.parent / written_after_the_files).unlink()
+    ckpt._write_manifest(path.parent)
+    (path.parent / ckpt.MARKER).write_text("ok")
+
+
+def test_a_checkpoint_written_before_train_state_resumes_the_whole_run(tiny_model_dir, data, straight, killed, capsys):
+    for step in ("step-2", "step-4", "step-6"):
+        _as_written_before_train_state(killed / "checkpoints" / step / "trainer_state.json")
+    train(_cfg(tiny_model_dir, data, killed), resume=True)
+    assert "skipped" not in capsys.readouterr().err
+    whole = json.loads((straight / "summary.json").read_text())
+    resumed = json.loads((killed / "summary.json").read_text())
+    assert {k: resumed[k] for k in (*TOTALS, "best_eval_loss", "best_step")} == {k: whole[k] for k in (*TOTALS, "best_eval_loss", "best_step")}
     assert_same_adapter(straight, killed)
 
 

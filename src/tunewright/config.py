@@ -115,6 +115,30 @@ class RunConfig(_Section):
         return v
 
 
+class ResolvedTrainConfig(TrainConfig):
+    """`train` after `train.hparams.resolve_auto`: every `auto` replaced, so readers need no casts."""
+
+    epochs: float
+    learning_rate: float
+    batch_size: int
+    micro_batch_tokens: int
+    precision: Literal["fp32", "bf16", "fp16"]
+    eval_every: int
+    save_every: int
+    threads: int
+
+
+class ResolvedPreferenceConfig(PreferenceConfig):
+    beta: float
+
+
+class ResolvedRunConfig(RunConfig):
+    """A RunConfig whose training values are concrete: what `resolve_auto` returns and the loop takes."""
+
+    train: ResolvedTrainConfig
+    preference: ResolvedPreferenceConfig
+
+
 def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys = []
     for name, field in model.model_fields.items():

@@ -26,6 +26,7 @@ from rich.markup import escape
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
+from .state import TrainState
 from .writes import WriteFailed, os_error_of, remove_quietly, replace_folder
 
 MARKER = "COMPLETE"
@@ -44,7 +45,7 @@ class Checkpoint:
     path: Path
     weights: dict[str, torch.Tensor]
     state: dict  # optimizer, scheduler, RNG
-    trainer_state: dict
+    trainer_state: TrainState
     best_weights: dict[str, torch.Tensor] | None
 
 
@@ -68,7 +69,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, trainer_state: dict,
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, trainer_state: TrainState,
                     best_weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write checkpoints/step-N atomically, with a manifest; returns its path.
 
@@ -88,14 +89,14 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, train
     return final
 
 
-def _write_checkpoint_files(tmp: Path, step: int, model, optimizer, scheduler, trainer_state: dict,
+def _write_checkpoint_files(tmp: Path, step: int, model, optimizer, scheduler, trainer_state: TrainState,
                             best_weights: dict[str, torch.Tensor] | None) -> None:
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     if best_weights is not None:
         save_file({k: v.contiguous() for k, v in best_weights.items()}, str(tmp / BEST))
     with open(tmp / "state.pt", "wb") as fh:  # an open file: a failed write keeps its errno (a path loses it)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}, fh)
-    (tmp / "trainer_state.json").write_text(json.dumps({**trainer_state, "step": step}, indent=2))
+    (tmp / "trainer_state.json").write_text(json.dumps({**trainer_state.to_json(), "step": step}, indent=2))
     _write_manifest(tmp)
     _fsync_dir(tmp)
     (tmp / MARKER).write_text("ok")
@@ -243,7 +244,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
         path=path,
         weights=_read(path / "trainable.safetensors", lambda f: load_file(str(f))),
         state=_read(path / "state.pt", lambda f: torch.load(f, weights_only=False)),
-        trainer_state=_read(path / "trainer_state.json", lambda f: json.loads(f.read_text())),
+        trainer_state=_read(path / "trainer_state.json", lambda f: TrainState.from_json(json.loads(f.read_text()))),
         best_weights=_read(best, lambda f: load_file(str(f))) if best.is_file() else None,
     )
 
@@ -255,7 +256,7 @@ def _read(file: Path, parse):
         raise CheckpointUnusable(f"{file.name} is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
 
 
-def restore_checkpoint(ck: Checkpoint, model, optimizer, scheduler) -> dict:
+def restore_checkpoint(ck: Checkpoint, model, optimizer, scheduler) -> TrainState:
     """Put weights, optimizer, scheduler and RNG back; returns the trainer state (step, data position, best...)."""
     copy_weights(ck.weights, model, ck.path)
     try:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..config import RunConfig
+from ..config import ResolvedRunConfig, RunConfig
 from .cpu_usage import idle_cores, measure_busy_elsewhere, usable_cores
 from .preference_loss import AUTO_BETA
 
@@ -97,8 +97,10 @@ def total_steps(cfg: RunConfig, n_examples: int) -> int:
     return max(1, math.ceil(per_epoch * float(t.epochs)))
 
 
-def resolve_auto(cfg: RunConfig, n_examples: int, n_params: int, device: torch.device) -> RunConfig:
+def resolve_auto(cfg: RunConfig, n_examples: int, n_params: int, device: torch.device) -> ResolvedRunConfig:
     """A copy of `cfg` with every `auto` replaced by its value (what goes into config.yaml).
+
+    Its type says so: validating it as a ResolvedRunConfig fails on any `auto` left in `train` or `preference`.
 
     `n_examples` counts preference pairs for dpo / orpo: a step's batch_size is pairs there.
     """
@@ -123,4 +125,4 @@ def resolve_auto(cfg: RunConfig, n_examples: int, n_params: int, device: torch.d
         t.save_every = t.eval_every
     if t.threads == "auto":
         t.threads = auto_threads() if device.type == "cpu" else torch.get_num_threads()
-    return cfg
+    return ResolvedRunConfig.model_validate(cfg.model_dump())

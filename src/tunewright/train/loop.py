@@ -10,13 +10,12 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..config import RunConfig
+from ..config import ResolvedRunConfig
 from ..data.templates import TokenizedExample
 from ..errors import UserError
 from . import checkpoint as ckpt
@@ -32,8 +31,7 @@ from .hparams import total_steps
 from .loss import head_parts, select_trained_positions, token_loss_sum
 from .metrics_log import append_metrics, metrics_path, truncate_metrics
 from .progress import TrainProgress, peak_memory_bytes
-
-TOTALS = ("trained_tokens", "real_tokens", "padded_tokens", "train_seconds")  # kept in checkpoints: summaries cover the whole run
+from .state import LoopResult, TrainState
 
 
 class TrainingDiverged(UserError):
@@ -64,23 +62,6 @@ class TokenLoss(torch.nn.Module):
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), reduction="sum", ignore_index=-100)
 
 
-@dataclass
-class LoopResult:
-    steps: int = 0
-    trained_tokens: int = 0
-    real_tokens: int = 0
-    padded_tokens: int = 0
-    train_seconds: float = 0.0
-    final_loss: float | None = None
-    final_eval_loss: float | None = None
-    best_eval_loss: float | None = None
-    best_checkpoint: str | None = None
-    best_step: int | None = None
-    stopped_early: bool = False
-    peak_memory_bytes: int = 0
-    history: list[dict] = field(default_factory=list)
-
-
 def make_scheduler(optimizer, name: str, warmup: int, total: int):
     from transformers import get_scheduler
 
@@ -92,8 +73,8 @@ def make_optimizer(params, lr: float, weight_decay: float, device: torch.device)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
-def _batches(examples: list[TokenizedExample], cfg: RunConfig, pad_id: int) -> list[MicroBatch]:
-    budget = int(cfg.train.micro_batch_tokens)
+def _batches(examples: list[TokenizedExample], cfg: ResolvedRunConfig, pad_id: int) -> list[MicroBatch]:
+    budget = cfg.train.micro_batch_tokens
     # rows as long as the budget allows (short rows keep attention cheap), never shorter than an example
     row_len = max(min(cfg.data.max_seq_len, budget), max((len(e.input_ids) for e in examples), default=1))
     return micro_batches(examples, pad_id, budget, cfg.data.packing, row_len)
@@ -118,7 +99,7 @@ class TokenObjective:
 
     per_token = True
 
-    def __init__(self, model, cfg: RunConfig, pad_id: int):
+    def __init__(self, model, cfg: ResolvedRunConfig, pad_id: int):
         self.cfg, self.pad_id = cfg, pad_id
         self.module = TokenLoss(model, chunked=cfg.train.chunked_loss)
         self.data: dict[str, list] = {"train": [], "validation": []}
@@ -145,7 +126,7 @@ class TokenObjective:
         return {}
 
 
-def make_objective(model, cfg: RunConfig, pad_id: int):
+def make_objective(model, cfg: ResolvedRunConfig, pad_id: int):
     """The loss the loop trains: token cross-entropy for sft, a preference loss on pairs for dpo / orpo."""
     if cfg.objective == "sft":
         return TokenObjective(model, cfg, pad_id)
@@ -161,14 +142,14 @@ def _global_sum(accelerator, value: int) -> int:
     return int(accelerator.reduce(t, reduction="sum").item())
 
 
-def run_training(model, train: list, validation: list, cfg: RunConfig,
+def run_training(model, train: list, validation: list, cfg: ResolvedRunConfig,
                  run_dir: Path, accelerator, pad_id: int, resume_from: Path | None = None) -> LoopResult:
     """Train `model` in place on `train` (examples, or PreferencePairs for dpo / orpo); evaluate, checkpoint and log."""
     t = cfg.train
     device = accelerator.device
     total = total_steps(cfg, len(train))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, float(t.learning_rate), t.weight_decay, device)
+    optimizer = make_optimizer(params, t.learning_rate, t.weight_decay, device)
     scheduler = make_scheduler(optimizer, t.scheduler, math.ceil(t.warmup_ratio * total), total)
     objective = make_objective(model, cfg, pad_id)
     loss_module, optimizer = accelerator.prepare(objective.module, optimizer)
@@ -176,25 +157,23 @@ def run_training(model, train: list, validation: list, cfg: RunConfig,
     # before a resume loads a checkpoint: full/freeze DPO's reference log-probs come from the base weights
     objective.prepare(loss_module, accelerator, run_dir, train, validation)
 
-    state = {"step": 0, "best_eval_loss": None, "best_checkpoint": None, "evals_without_gain": 0, "tokens": 0,
-             **{k: 0 for k in TOTALS}}
+    state = TrainState()
     best_weights = None  # the trainable weights at the best evaluation, kept for early stopping
     if resume_from is not None:
         resumed = ckpt.load_resumable(run_dir, resume_from, model, optimizer, scheduler, report=accelerator.is_main_process)
-        state.update(resumed.trainer_state)
+        state = resumed.trainer_state  # totals cover the whole run, resumed or not
         best_weights = _resumed_best_weights(resumed) if t.early_stopping_patience else None
     metrics_file = metrics_path(run_dir)
-    truncate_metrics(metrics_file, state["step"])
+    truncate_metrics(metrics_file, state.step)
     val_batches = objective.batches("validation", list(range(len(validation)))) if validation else []
-    result = LoopResult(**{k: state[k] for k in TOTALS})  # totals cover the whole run, resumed or not
+    result = LoopResult(state)
     rank, world = accelerator.process_index, accelerator.num_processes
-    progress = TrainProgress(total, start=state["step"], enabled=accelerator.is_main_process)
-    done = state["step"]
+    progress = TrainProgress(total, start=state.step, enabled=accelerator.is_main_process)
 
     with progress:
-        for step in range(state["step"], total):
+        while state.step < total:
             started = time.perf_counter()
-            _, ids = step_example_ids(len(train), int(t.batch_size), t.seed, step)
+            _, ids = step_example_ids(len(train), t.batch_size, t.seed, state.step)  # the batch after `state.step` done
             # a process whose share is empty (a last step smaller than the world) still runs one zero-weight
             # pass: DDP's gradient all-reduce waits for every process
             mbs = objective.batches("train", process_share(ids, rank, world)) or [objective.idle()]
@@ -213,11 +192,7 @@ def run_training(model, train: list, validation: list, cfg: RunConfig,
                     stats = mb_stats if stats is None else stats + mb_stats
             step_loss = _global_sum_float(accelerator, loss_sum) / max(step_weight, 1)
             if not math.isfinite(step_loss):
-                last = ckpt.latest_checkpoint(run_dir)
-                raise TrainingDiverged(
-                    f"loss became {step_loss} at step {step + 1}; stopped (last good checkpoint: {last or 'none'})",
-                    "lower train.learning_rate, use train.precision=fp32, or check the data; --resume continues from the checkpoint",
-                )
+                raise _diverged(step_loss, state.step + 1, run_dir)
             grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -225,61 +200,50 @@ def run_training(model, train: list, validation: list, cfg: RunConfig,
             elapsed = time.perf_counter() - started
 
             real = _global_sum(accelerator, sum(mb.real_tokens for mb in mbs))
-            result.real_tokens += real
-            result.trained_tokens += step_trained
-            result.padded_tokens += _global_sum(accelerator, sum(mb.padded_tokens for mb in mbs))
-            result.train_seconds += elapsed
-            state["tokens"] += real
-            done = step + 1
-            row = {"step": done, "epoch": round(done / steps_per_epoch(len(train), int(t.batch_size)), 4),
+            state.step += 1
+            state.real_tokens += real
+            state.trained_tokens += step_trained
+            state.padded_tokens += _global_sum(accelerator, sum(mb.padded_tokens for mb in mbs))
+            state.train_seconds += elapsed
+            row = {"step": state.step, "epoch": round(state.step / steps_per_epoch(len(train), t.batch_size), 4),
                    "loss": step_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                   "tokens": state["tokens"], "tokens_per_s": real / max(elapsed, 1e-9),
+                   "tokens": state.real_tokens, "tokens_per_s": real / max(elapsed, 1e-9),
                    **objective.step_metrics(accelerator, stats, step_weight)}
-            if val_batches and (done % int(t.eval_every) == 0 or done == total):
+            if val_batches and (state.step % t.eval_every == 0 or state.step == total):
                 row.update(objective.evaluate(loss_module, val_batches, device))
-                if _track_best(state, row["eval_loss"], done) and t.early_stopping_patience:
+                if state.record_eval(row["eval_loss"]) and t.early_stopping_patience:
                     best_weights = _cpu_copy(accelerator.unwrap_model(model))
             result.final_loss = step_loss
             result.final_eval_loss = row.get("eval_loss", result.final_eval_loss)
-            if accelerator.is_main_process and (done % t.log_every == 0 or done == total or "eval_loss" in row):
+            if accelerator.is_main_process and (state.step % t.log_every == 0 or state.step == total or "eval_loss" in row):
                 append_metrics(metrics_file, row)
-                accelerator.log(row, step=done)
-            result.history.append(row)
+                accelerator.log(row, step=state.step)
             progress.update(row)
-            if done % int(t.save_every) == 0 and done < total:
-                state.update({"step": done, **{k: getattr(result, k) for k in TOTALS}})
-                _save(run_dir, done, model, optimizer, scheduler, state, t.save_total_limit, accelerator, best_weights)
-            if t.early_stopping_patience and state["evals_without_gain"] >= t.early_stopping_patience:
+            if state.step % t.save_every == 0 and state.step < total:
+                _save(run_dir, model, optimizer, scheduler, state, t.save_total_limit, accelerator, best_weights)
+            if t.early_stopping_patience and state.evals_without_gain >= t.early_stopping_patience:
                 result.stopped_early = True
                 break
 
-    result.steps = done
     if result.stopped_early and best_weights is not None:
         # early stopping means "the best weights", not the ones after `patience` worse evaluations
         ckpt.copy_weights(best_weights, accelerator.unwrap_model(model))
-    result.best_eval_loss = state["best_eval_loss"]
-    result.best_checkpoint = state["best_checkpoint"]
-    result.best_step = state.get("best_step")
     result.peak_memory_bytes = peak_memory_bytes(device)
     return result
+
+
+def _diverged(step_loss: float, step: int, run_dir: Path) -> TrainingDiverged:
+    last = ckpt.latest_checkpoint(run_dir)
+    return TrainingDiverged(
+        f"loss became {step_loss} at step {step}; stopped (last good checkpoint: {last or 'none'})",
+        "lower train.learning_rate, use train.precision=fp32, or check the data; --resume continues from the checkpoint",
+    )
 
 
 def _global_sum_float(accelerator, value: torch.Tensor) -> float:
     if accelerator.num_processes == 1:
         return value.item()
     return accelerator.reduce(value.reshape(1), reduction="sum").item()
-
-
-def _track_best(state: dict, eval_loss: float, step: int) -> bool:
-    """Record an evaluation; True when it is the best so far."""
-    if state["best_eval_loss"] is None or eval_loss < state["best_eval_loss"]:
-        state["best_eval_loss"] = eval_loss
-        state["best_step"] = step
-        state["best_checkpoint"] = None  # set by _save when this step is also a save step
-        state["evals_without_gain"] = 0
-        return True
-    state["evals_without_gain"] += 1
-    return False
 
 
 def _cpu_copy(model) -> dict[str, torch.Tensor]:
@@ -291,14 +255,16 @@ def _resumed_best_weights(resumed: ckpt.Checkpoint) -> dict[str, torch.Tensor] |
     """The best weights a checkpoint carries: its own when the best evaluation fell on its step."""
     if resumed.best_weights is not None:
         return resumed.best_weights
-    return resumed.weights if resumed.trainer_state.get("best_step") == resumed.trainer_state.get("step") else None
+    return resumed.weights if resumed.trainer_state.best_step == resumed.trainer_state.step else None
 
 
-def _save(run_dir, step, model, optimizer, scheduler, state, keep, accelerator, best_weights=None) -> None:
+def _save(run_dir: Path, model, optimizer, scheduler, state: TrainState, keep: int, accelerator,
+          best_weights: dict[str, torch.Tensor] | None = None) -> None:
+    """checkpoints/step-N for `state.step`; the best checkpoint is never rotated away."""
     if accelerator.is_main_process:
-        if state.get("best_step") == step:
-            state["best_checkpoint"] = str(Path(run_dir) / "checkpoints" / f"step-{step}")
+        if state.best_step == state.step:
+            state.best_checkpoint = str(Path(run_dir) / "checkpoints" / f"step-{state.step}")
             best_weights = None  # the checkpoint's own weights are the best ones
-        ckpt.save_checkpoint(run_dir, step, accelerator.unwrap_model(model), optimizer, scheduler, state, best_weights)
-        ckpt.rotate_checkpoints(run_dir, keep, protect=state.get("best_checkpoint"))
+        ckpt.save_checkpoint(run_dir, state.step, accelerator.unwrap_model(model), optimizer, scheduler, state, best_weights)
+        ckpt.rotate_checkpoints(run_dir, keep, protect=state.best_checkpoint)
     accelerator.wait_for_everyone()

@@ -22,12 +22,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config import RunConfig
+from ..config import ResolvedRunConfig
 from . import checkpoint as ckpt
 from .batching import PairMicroBatch, idle_pair_micro_batch, pair_micro_batches
 from .methods import is_adapter_method
 from .preference_loss import (
-    AUTO_BETA,
     STAT_NAMES,
     PairLogps,
     SequenceLogps,
@@ -38,19 +37,14 @@ from .preference_loss import (
 REFERENCE_FILE = "reference_logps.safetensors"
 
 
-def resolved_beta(cfg: RunConfig) -> float:
-    beta = cfg.preference.beta
-    return AUTO_BETA if beta == "auto" else float(beta)
-
-
 class PreferenceObjective:
     """DPO / IPO / ORPO: a micro-batch's loss is the sum of its pair losses; a step divides by its pairs."""
 
     per_token = False
 
-    def __init__(self, model, cfg: RunConfig, pad_id: int):
+    def __init__(self, model, cfg: ResolvedRunConfig, pad_id: int):
         self.model, self.cfg, self.pad_id = model, cfg, pad_id
-        self.beta = resolved_beta(cfg)
+        self.beta = cfg.preference.beta
         self.module = SequenceLogps(model)
         if cfg.objective == "orpo":
             self.reference_kind = "none"
@@ -69,7 +63,7 @@ class PreferenceObjective:
         pairs = self.data[split]
         if not ids:
             return []
-        budget = int(self.cfg.train.micro_batch_tokens)
+        budget = self.cfg.train.micro_batch_tokens
         longest = max(len(pairs[i].chosen.input_ids) + len(pairs[i].rejected.input_ids) for i in ids)
         row_len = max(min(self.cfg.data.max_seq_len, budget), longest)
         mbs = pair_micro_batches(pairs, ids, self.pad_id, budget, self.cfg.data.packing, row_len)
@@ -132,7 +126,7 @@ class PreferenceObjective:
         return dict(zip(STAT_NAMES[1:], mean[1:]))
 
 
-def _pairs_digest(cfg: RunConfig, data: dict[str, list]) -> str:
+def _pairs_digest(cfg: ResolvedRunConfig, data: dict[str, list]) -> str:
     """What the stored reference log-probs were computed for: the model and every pair's tokens."""
     h = hashlib.sha256(f"{cfg.model}\n{cfg.method}\n".encode())
     for split in ("train", "validation"):

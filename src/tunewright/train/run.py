@@ -136,7 +136,7 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     model = load_model(model_dir, trust_remote_code=cfg.trust_remote_code, **_quant_kwargs(cfg, accelerator.local_process_index))
     cfg = resolve_auto(cfg, len(data.train), sum(p.numel() for p in model.parameters()), accelerator.device)
-    torch.set_num_threads(int(cfg.train.threads))
+    torch.set_num_threads(cfg.train.threads)
     model = apply_method(model, cfg)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

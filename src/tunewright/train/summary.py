@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .metrics_log import read_metrics
+from .state import LoopResult
 
 
 def human_bytes(n: int) -> str:
@@ -18,27 +19,28 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def build_summary(result, wall_seconds: float, params, cfg) -> dict:
-    tps = result.real_tokens / result.train_seconds if result.train_seconds else 0.0
+def build_summary(result: LoopResult, wall_seconds: float, params, cfg) -> dict:
+    s = result.state
+    tps = s.real_tokens / s.train_seconds if s.train_seconds else 0.0
     return {
         "method": cfg.method,
         "model": cfg.model,
-        "steps": result.steps,
+        "steps": s.step,
         "wall_seconds": round(wall_seconds, 2),
-        "train_seconds": round(result.train_seconds, 2),
-        "trained_tokens": result.trained_tokens,
-        "real_tokens": result.real_tokens,
-        "padded_tokens": result.padded_tokens,
-        "pad_share": round(1 - result.real_tokens / result.padded_tokens, 4) if result.padded_tokens else 0.0,
+        "train_seconds": round(s.train_seconds, 2),
+        "trained_tokens": s.trained_tokens,
+        "real_tokens": s.real_tokens,
+        "padded_tokens": s.padded_tokens,
+        "pad_share": round(1 - s.real_tokens / s.padded_tokens, 4) if s.padded_tokens else 0.0,
         "tokens_per_s": round(tps, 1),
         "peak_memory_bytes": result.peak_memory_bytes,
         "trainable_params": params.trainable,
         "total_params": params.total,
         "final_train_loss": result.final_loss,
         "final_eval_loss": result.final_eval_loss,
-        "best_eval_loss": result.best_eval_loss,
-        "best_checkpoint": result.best_checkpoint,
-        "best_step": result.best_step,
+        "best_eval_loss": s.best_eval_loss,
+        "best_checkpoint": s.best_checkpoint,
+        "best_step": s.best_step,
         "stopped_early": result.stopped_early,
     }
 
