@@ -84,21 +84,13 @@ def create_app(registry: Registry, engine: Engine, api_key: str | None = None, j
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        refuse_lone_surrogates(body)
-        served = _served_or_404(registry, body.model)
-        refuse_unsupported(body)
-        prompt = await run_in_threadpool(_chat_prompt_ids, served, body)
-        prepared = _prepare(served, prompt, body, body.max_completion_tokens or body.max_tokens, DEFAULT_CHAT_MAX_TOKENS)
-        return await _respond(engine, prepared, request, chat=True)
+        asked = body.max_completion_tokens or body.max_tokens
+        return await _answer(registry, engine, body, request, _chat_prompt_ids, asked, DEFAULT_CHAT_MAX_TOKENS, chat=True)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        refuse_lone_surrogates(body)
-        served = _served_or_404(registry, body.model)
-        refuse_unsupported(body)
-        prompt = await run_in_threadpool(_completion_prompt_ids, served, body)
-        prepared = _prepare(served, prompt, body, body.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS)
-        return await _respond(engine, prepared, request, chat=False)
+        return await _answer(registry, engine, body, request, _completion_prompt_ids, body.max_tokens,
+                             DEFAULT_COMPLETION_MAX_TOKENS, chat=False)
 
     if jobs is not None:
         from .jobs_routes import add_routes
@@ -111,6 +103,16 @@ def create_app(registry: Registry, engine: Engine, api_key: str | None = None, j
 def _model_card(served: ServedModel) -> dict:
     return {"id": served.id, "object": "model", "created": served.created, "owned_by": "tunewright",
             "root": served.spec, "parent": served.base, "context_length": served.context_length}
+
+
+async def _answer(registry: Registry, engine: Engine, body: _Sampling, request: Request, prompt_ids,
+                  asked: int | None, default: int, chat: bool):
+    """What both completion endpoints do: checks, the prompt's token ids (off the event loop), the answer."""
+    refuse_lone_surrogates(body)
+    served = _served_or_404(registry, body.model)
+    refuse_unsupported(body)
+    prompt = await run_in_threadpool(prompt_ids, served, body)
+    return await _respond(engine, _prepare(served, prompt, body, asked, default), request, chat=chat)
 
 
 def _served_or_404(registry: Registry, model_id: str) -> ServedModel:
