@@ -1,6 +1,8 @@
 """Config as the data pipeline reads it: YAML, `--set` overrides, typo rejection, and the shipped example config."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,23 @@ def test_a_flag_fills_a_section_left_empty_in_the_yaml(tmp_path):
     path.write_text("model: smollm2-135m-instruct\ndata:\ntrain:\n")
     cfg = load_config(path, overrides=["train.seed=7"], data__train="a.jsonl")
     assert cfg.data.train == "a.jsonl" and cfg.train.seed == 7
+
+
+def test_train_compile_is_refused_saying_it_never_had_an_effect(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: smollm2-135m-instruct\ntrain:\n  compile: true\n")
+    out = subprocess.run([sys.executable, "-m", "tunewright.cli", "train", str(path)],
+                         check=False, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    said = " ".join(out.stderr.split())  # rich wraps long lines
+    assert str(path) in said and "train.compile" in said and "never had an effect" in said, said
+    assert "remove train.compile" in said, said
+
+
+def test_a_run_config_recorded_with_compile_false_still_loads(tmp_path):
+    """Every config.yaml written before train.compile was removed says `compile: false` (what happened anyway)."""
+    path = tmp_path / "config.yaml"
+    path.write_text("model: smollm2-135m-instruct\ntrain:\n  compile: false\n  seed: 7\n")
+    cfg = load_config(path)
+    assert cfg.train.seed == 7 and "compile" not in cfg.train.model_dump()

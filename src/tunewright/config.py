@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
 
@@ -70,8 +70,15 @@ class TrainConfig(_Section):
     log_every: int = Field(1, ge=1)
     seed: int = 42
     report_to: list[str] = Field(default_factory=list)
-    compile: bool = False
     threads: int | Auto = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_recorded_compile(cls, data: Any) -> Any:
+        """Run folders written before `compile` was removed record `compile: false`: what happened anyway, so read on."""
+        if isinstance(data, dict) and data.get("compile") is False:
+            return {k: v for k, v in data.items() if k != "compile"}
+        return data
 
 
 class PreferenceConfig(_Section):
@@ -159,6 +166,13 @@ def _suggest(key_path: str) -> str:
     return f"did you mean '{close[0]}'?" if close else "see the config keys in the README"
 
 
+# keys that were accepted once and are gone: why, instead of "unknown key"
+REMOVED_KEYS = {
+    "train.compile": "removed: it never had an effect (training never compiled the model; a whole-model torch.compile "
+                     "measured 0.11x, see docs/performance.md)",
+}
+
+
 def _explain(err: ValidationError, source: str) -> UserError:
     """Turn pydantic's error list into one message naming each key path and the fix."""
     lines, fixes = [], []
@@ -167,7 +181,10 @@ def _explain(err: ValidationError, source: str) -> UserError:
         # pydantic reports union members separately; keep only the first per key path
         if any(line.startswith(f"{path}:") for line in lines):
             continue
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and path in REMOVED_KEYS:
+            lines.append(f"{path}: {REMOVED_KEYS[path]}")
+            fixes.append(f"remove {path} from the config")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"{path}: unknown key")
             fixes.append(_suggest(path))
         else:

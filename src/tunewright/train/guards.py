@@ -24,7 +24,7 @@ from ..errors import UserError
 # keys that change how a run is watched, saved or laid out in memory, never what it computes
 HARMLESS = {
     "output_dir", "trust_remote_code", "train.eval_every", "train.save_every", "train.save_total_limit", "train.log_every",
-    "train.threads", "train.report_to", "train.compile", "train.gradient_checkpointing", "train.micro_batch_tokens",
+    "train.threads", "train.report_to", "train.gradient_checkpointing", "train.micro_batch_tokens",
     "train.chunked_loss", "train.early_stopping_patience",
 }
 HARMLESS_SECTIONS = ("eval.",)
