@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 LLAMA_VENV := .venv-llama
 LLAMA_CPP := llama-cpp-python==0.3.36
 
-.PHONY: setup browser llama test quickstart bench clean
+.PHONY: setup browser llama postgres test quickstart bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,7 +33,15 @@ llama:
 	  echo "llama.cpp: $(LLAMA_VENV) ready"; \
 	else echo "llama.cpp: $(LLAMA_VENV) could not be built (see $(LLAMA_VENV)/build.log): tests/test_llamacpp.py will be skipped"; fi
 
-test: setup browser llama
+postgres:
+	@# a real PostgreSQL for tests/test_serve_workers.py (the tests start it themselves with initdb/pg_ctl on a
+	@# loopback port; as root they run it as the package's `postgres` user). Never fails: without it those tests skip.
+	@{ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; } || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || \
+	  echo "postgresql not installed: the worker tests will be skipped"
+	@id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres 2>/dev/null || true
+
+test: setup browser llama postgres
 	$(PY) -m pytest -q
 
 quickstart: setup

@@ -167,7 +167,10 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TUNEWRIGHT_API_KEY"),
-    database: Optional[str] = typer.Option(None, "--database", help="Jobs database URL (default: sqlite in ./runs)."),
+    database: Optional[str] = typer.Option(None, "--database", help="Jobs database URL (default: sqlite in ./runs); "
+                                           "postgresql://... to share it with `tunewright worker`s."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Folder for uploads and job runs, the same path on every "
+                                          "worker (default: beside a SQLite database, ./runs with PostgreSQL)."),
     max_batch_size: int = typer.Option(16, "--max-batch-size"),
     engine: str = typer.Option("torch", "--engine", help="torch | vllm"),
     runs: Optional[str] = typer.Option(None, "--runs", help="A folder of run folders (trained with tunewright train) to show, read-only, in the dashboard."),
@@ -176,7 +179,21 @@ def serve(
     from .serve import serve as run_serve
 
     run_serve(models, host=host, port=port, api_key=api_key, database=database, max_batch_size=max_batch_size, engine=engine,
-              runs_dir=runs)
+              runs_dir=runs, storage=storage)
+
+
+@app.command()
+@_friendly
+def worker(
+    database: str = typer.Option(..., "--database", help="The jobs database the server uses: postgresql://user@host/db."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="The server's --storage folder, at the same path here."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", help="Processes per job (default: one per local GPU; torchrun when >1)."),
+    stale_after: float = typer.Option(60.0, "--stale-after", help="Seconds without a heartbeat before a job is re-queued."),
+):
+    """Run fine-tuning jobs from a shared database, one at a time, with all local devices (add machines, add capacity)."""
+    from .serve.jobs_worker import run_worker
+
+    run_worker(database, storage=storage, nproc=nproc, stale_after=stale_after)
 
 
 @app.command()

@@ -96,11 +96,12 @@ class Server:
 
 
 def build_app(models: list[str], api_key: str | None = None, database: str | None = None, max_batch_size: int = 16,
-              runs_dir: str | None = None) -> Server:
+              runs_dir: str | None = None, storage: str | None = None) -> Server:
     """Load every model, start the batching worker and the jobs runner, and build the app.
 
     The fine-tuning jobs API is on unless TUNEWRIGHT_JOBS=0 (its state goes to `database`,
-    default sqlite:///runs/tunewright.db relative to the working directory). `runs_dir` is listed,
+    default sqlite:///runs/tunewright.db relative to the working directory; uploads and job runs go
+    under `storage`, default beside a SQLite database, ./runs with PostgreSQL). `runs_dir` is listed,
     read-only, by the dashboard and `GET /v1/runs`.
     """
     from .app import create_app
@@ -120,12 +121,13 @@ def build_app(models: list[str], api_key: str | None = None, database: str | Non
     if os.environ.get("TUNEWRIGHT_JOBS", "1") != "0":
         from .jobs import JobsService
 
-        jobs = JobsService.open(database, registry, engine)
+        jobs = JobsService.open(database, registry, engine, storage=storage)
     return Server(create_app(registry, engine, api_key=api_key, jobs=jobs, runs_dir=runs_dir), registry, engine, jobs)
 
 
 def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          database: str | None = None, max_batch_size: int = 16, engine: str = "torch", runs_dir: str | None = None) -> None:
+          database: str | None = None, max_batch_size: int = 16, engine: str = "torch", runs_dir: str | None = None,
+          storage: str | None = None) -> None:
     """Serve `models` with an OpenAI-compatible API until interrupted."""
     import uvicorn
 
@@ -138,7 +140,8 @@ def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, api_key:
               file=sys.stderr)
     with _stop_on_signals():
         try:
-            server = build_app(models, api_key=api_key, database=database, max_batch_size=max_batch_size, runs_dir=runs_dir)
+            server = build_app(models, api_key=api_key, database=database, max_batch_size=max_batch_size, runs_dir=runs_dir,
+                               storage=storage)
         except ShutdownRequested:
             return
         print(f"serving {', '.join(server.registry.ids())} at http://{host}:{port}/v1; dashboard at http://{host}:{port}/",

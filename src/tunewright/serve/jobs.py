@@ -10,8 +10,10 @@ keys that cannot point the trainer at other files.
 """
 from __future__ import annotations
 
+import logging
 import re
 import shutil
+import threading
 from pathlib import Path
 
 from fastapi.responses import FileResponse
@@ -27,8 +29,8 @@ from .jobs_request import (
     hyperparameters_of,
     method_type_of,
 )
-from .jobs_runner import JobRunner, job_config
-from .jobs_store import ACTIVE, JobStore, new_id, now, page
+from .jobs_runner import JobRunner, fine_tuned_id, job_config
+from .jobs_store import ACTIVE, JobStore, new_id, now, open_store, page
 from .registry import BASE_ADAPTER, Registry, ServedModel
 
 UPLOAD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -45,40 +47,69 @@ def file_object(row: dict) -> dict:
             "expires_at": None}
 
 
+RESULTS_POLL_SECONDS = 1.0  # how often a server on a shared database looks for results the workers finished
+log = logging.getLogger("tunewright.serve.jobs")
+
+
 class JobsService:
-    """Files, jobs and the runner thread, bound to one store, registry and engine."""
+    """Files, jobs and the job runner, bound to one store, registry and engine.
+
+    On SQLite the runner is a thread of this server (the embedded default). On a shared database
+    (PostgreSQL) `tunewright worker`s run the jobs and this server only serves: a thread loads each
+    result a worker finished, so its `fine_tuned_model` id answers here.
+    """
 
     def __init__(self, store: JobStore, registry: Registry, engine) -> None:
         self.store, self.registry, self.engine = store, registry, engine
-        self.runner = JobRunner(store, self._serve_result)
+        self.runner = None if store.shared else JobRunner(store, self._serve_result)
+        self._closed = threading.Event()
+        self._unloadable: set[str] = set()  # results that failed to load: logged once, not retried every poll
+        self._results = threading.Thread(target=self._load_results_loop, name="tunewright-results", daemon=True)
 
     @classmethod
-    def open(cls, database: str | None, registry: Registry, engine) -> JobsService:
-        service = cls(JobStore(database), registry, engine)
-        service.runner.recover()
-        for job in service.store.jobs(("succeeded",)):  # fine-tuned models stay servable across restarts
-            if job["fine_tuned_model"] and Path(job["run_dir"] or "").is_dir():
-                service._serve_result(job)
-        service.runner.start()
+    def open(cls, database: str | None, registry: Registry, engine, storage: str | None = None) -> JobsService:
+        service = cls(open_store(database, storage), registry, engine)
+        if service.runner is not None:
+            service.runner.recover()
+        service._load_results()  # fine-tuned models stay servable across restarts
+        if service.runner is not None:
+            service.runner.start()
+        else:
+            service._results.start()
         return service
 
     def close(self) -> None:
-        self.runner.stop()
+        self._closed.set()
+        if self.runner is not None:
+            self.runner.stop()
+
+    def _load_results(self) -> None:
+        """Serve every succeeded job's model that this server has not loaded yet."""
+        for job in self.store.jobs(("succeeded",)):
+            model_id = job["fine_tuned_model"]
+            if not model_id or model_id in self._unloadable or self.registry.get(model_id) is not None:
+                continue
+            if Path(job["run_dir"] or "").is_dir():
+                try:
+                    self._serve_result(job)
+                except Exception:  # a broken run folder must not stop later results from loading
+                    log.exception("could not load %s (job %s)", model_id, job["id"])
+                    self._unloadable.add(model_id)
+
+    def _load_results_loop(self) -> None:
+        while not self._closed.wait(RESULTS_POLL_SECONDS):
+            try:
+                self._load_results()
+            except Exception:  # e.g. the database restarting: try again next time
+                log.exception("could not list finished jobs")
 
     def _serve_result(self, job: dict) -> None:
         """Load a finished run into the server under its fine_tuned_model id (on the engine thread)."""
-        model_id = job["fine_tuned_model"] or self._fine_tuned_id(job)
+        model_id = job["fine_tuned_model"] or fine_tuned_id(job)
         if self.registry.get(model_id) is None:
             self.engine.call(lambda: self.registry.add(job["run_dir"], model_id)).result(timeout=900)
         self.store.update_job(job["id"], fine_tuned_model=model_id)
         job["fine_tuned_model"] = model_id
-
-    @staticmethod
-    def _fine_tuned_id(job: dict) -> str:
-        base = Path(job["model"]).name if "/" in job["model"] else job["model"]
-        if base.startswith("ft:"):  # a job on a fine-tune names the original base, as OpenAI does
-            base = base.split(":")[1]
-        return f"ft:{base}:tunewright:{job['suffix'] or ''}:{job['id'][-8:]}"
 
     # --- validation ---------------------------------------------------------------------------
 
@@ -207,7 +238,7 @@ class JobsService:
         if not run_dir.is_dir():
             return []
         metrics = _metrics_by_step(run_dir)
-        model_id = job["fine_tuned_model"] or self._fine_tuned_id(job)
+        model_id = job["fine_tuned_model"] or fine_tuned_id(job)
         out = []
         for path in reversed(complete_checkpoints(run_dir)):
             step = int(path.name.rsplit("-", 1)[-1])
@@ -243,9 +274,10 @@ class JobsService:
         if job["status"] not in ACTIVE:
             raise OpenAIError(400, f"Job {job['id']} has already finished ({job['status']}); it cannot be cancelled.",
                               param="fine_tuning_job_id", code="invalid_state")
-        self.store.update_job(job["id"], status="cancelled", finished_at=now())
-        self.runner.cancel(job["id"])
-        if self.runner.job_id != job["id"]:
+        self.store.update_job(job["id"], status="cancelled", finished_at=now(), cancel_requested=1)
+        if self.runner is not None:
+            self.runner.cancel(job["id"])
+        if job["status"] != "running":  # a running job's runner (here or on a worker) records it when the trainer stops
             self.store.add_event(job["id"], "Job cancelled")
         return self.job_object(self.store.job(job["id"]))
 

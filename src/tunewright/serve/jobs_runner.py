@@ -5,6 +5,10 @@ down, and the training run is exactly what the command line would do. The runner
 `metrics.jsonl` into job events, and on success loads the result into the server so its
 `fine_tuned_model` id answers at once. Jobs found running at startup (the server died under them)
 are re-queued and resume from their newest complete checkpoint.
+
+The same runner is a `tunewright worker` (jobs_worker.py) on a shared PostgreSQL database: it
+claims jobs atomically, beats a heartbeat while one runs, and re-queues the jobs of workers whose
+heartbeat went stale; a job then resumes on another worker from its newest checkpoint.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +33,8 @@ POLL_SECONDS = 0.5
 # logged per step by dpo runs, passed on in the metrics events' data
 PREFERENCE_METRICS = ("reward_margin", "preference_accuracy", "logps_chosen", "logps_rejected")
 STOP_GRACE_SECONDS = 10  # how long a stopped trainer gets to exit on SIGTERM before it is killed
+HEARTBEAT_SECONDS = 2.0  # how often a worker says it is alive (and looks for dead workers' jobs)
+STALE_AFTER_SECONDS = 60.0  # a running job whose worker has been silent this long is re-queued
 
 # The trainer gets only the environment training needs: never the server's API key or other secrets.
 TRAINER_ENV_NAMES = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TMP", "TEMP", "SHELL",
@@ -56,9 +63,12 @@ def trainer_env(job_id: str) -> dict[str, str]:
     return kept | {"TUNEWRIGHT_JOB_ID": job_id}
 
 
-def trainer_command(config_path: Path, run_dir: Path, resume: bool) -> list[str]:
-    """`tunewright train` for one job, behind the parent-death launcher where Linux offers it."""
-    command = [sys.executable, "-m", "tunewright.cli", "train", str(config_path), "--output", str(run_dir)]
+def trainer_command(config_path: Path, run_dir: Path, resume: bool, nproc: int = 1) -> list[str]:
+    """`tunewright train` for one job (under torchrun with `nproc` > 1), behind the parent-death launcher on Linux."""
+    launch = [sys.executable]
+    if nproc > 1:  # one process per local device; --standalone picks a free rendezvous port on this machine
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    command = [*launch, "-m", "tunewright.cli", "train", str(config_path), "--output", str(run_dir)]
     if resume:
         command.append("--resume")
     if sys.platform.startswith("linux"):
@@ -89,6 +99,14 @@ def job_config(job: dict, training_path: str, validation_path: str | None, learn
     for dotted, value in (extras.get("settings") or {}).items():
         set_key(config, dotted.split("."), value)
     return config
+
+
+def fine_tuned_id(job: dict) -> str:
+    """The model id a succeeded job is served under, as OpenAI shapes it: ft:BASE:ORG:SUFFIX:ID."""
+    base = Path(job["model"]).name if "/" in job["model"] else job["model"]
+    if base.startswith("ft:"):  # a job on a fine-tune names the original base, as OpenAI does
+        base = base.split(":")[1]
+    return f"ft:{base}:tunewright:{job['suffix'] or ''}:{job['id'][-8:]}"
 
 
 def base_learning_rate(base_spec: str, method: str, objective: str = "sft") -> float:
@@ -136,30 +154,42 @@ def _error_from_log(log_path: Path) -> str:
 
 
 class JobRunner:
-    """The scheduler thread: start the oldest queued job, follow it, finish it, repeat."""
+    """The scheduler thread: claim the oldest queued job, follow it, finish it, repeat.
 
-    def __init__(self, store: JobStore, on_success) -> None:
+    `nproc` processes per job (torchrun when more than one); `stale_after` seconds of silence make
+    another worker's running job count as dead and go back to the queue.
+    """
+
+    def __init__(self, store: JobStore, on_success, nproc: int = 1, stale_after: float = STALE_AFTER_SECONDS) -> None:
         self.store, self.on_success = store, on_success
+        self.nproc, self.stale_after = nproc, stale_after
+        self.name = f"{socket.gethostname()}:{os.getpid()}"  # in the jobs table, so operators see who runs what
         self.proc: subprocess.Popen | None = None
         self.job_id: str | None = None
+        self._lost: str | None = None  # a job the heartbeat found taken from this runner
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="tunewright-jobs", daemon=True)
+        # its own thread, so a slow job start (importing torch under load) never lets the heartbeat go stale
+        self._heart = threading.Thread(target=self._beat_loop, name="tunewright-heartbeat", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._heart.start()
 
     def stop(self) -> None:
         """Stop scheduling; a running trainer is stopped too, and its job resumes when the server starts again."""
         self._stop.set()
         self._thread.join(timeout=STOP_GRACE_SECONDS)
+        self._heart.join(timeout=STOP_GRACE_SECONDS)
         if self.proc is None:
             return
         self._stop_trainer()
         job = self.store.job(self.job_id)
         if job is not None and job["status"] == "running":
-            self.store.update_job(job["id"], status="queued", pid=None)
-            self.store.add_event(job["id"], "The server was stopped while this job was running; re-queued, it resumes "
-                                 "from its newest complete checkpoint when the server starts again.", level="warn")
+            self.store.update_job(job["id"], status="queued", pid=None, worker=None)
+            who, when = ("worker", "when a worker is free") if self.store.shared else ("server", "when the server starts again")
+            self.store.add_event(job["id"], f"The {who} was stopped while this job was running; re-queued, it resumes "
+                                 f"from its newest complete checkpoint {when}.", level="warn")
         elif job is not None and job["cancel_requested"]:
             self._finish(job, "cancelled", None)
         self.proc, self.job_id = None, None
@@ -180,7 +210,7 @@ class JobRunner:
         for job in self.store.jobs(("running", "validating_files")):
             if _alive(job["pid"], job["id"]):
                 _kill_group(job["pid"], signal.SIGKILL)
-            self.store.update_job(job["id"], status="queued", pid=None)
+            self.store.update_job(job["id"], status="queued", pid=None, worker=None)
             self.store.add_event(job["id"], "The server restarted while this job was running; re-queued, "
                                  "resuming from its newest complete checkpoint.", level="warn")
 
@@ -193,7 +223,7 @@ class JobRunner:
         while not self._stop.wait(POLL_SECONDS):
             try:
                 if self.proc is None:
-                    job = self.store.next_queued()
+                    job = self.store.claim_next(self.name)
                     if job is not None:
                         self._start(job)
                 else:
@@ -203,7 +233,33 @@ class JobRunner:
                 if self.job_id:
                     self._finish(self.store.job(self.job_id), "failed", {"code": "internal_error", "message": "job runner error", "param": None})
 
+    def _beat_loop(self) -> None:
+        """Every HEARTBEAT_SECONDS: say this runner's job is alive, and re-queue the jobs of runners that went silent."""
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                job_id = self.job_id
+                if job_id is not None and not self.store.heartbeat(job_id, self.name):
+                    self._lost = job_id
+                self._requeue_stale()
+            except Exception:  # e.g. the database restarting: beat again next time
+                log.exception("heartbeat failed")
+
+    def _requeue_stale(self) -> None:
+        """Jobs of workers that stopped beating (killed, machine lost) go back to the queue, once each."""
+        for job in self.store.requeue_stale(self.stale_after):
+            log.warning("re-queued job %s: its worker was silent for %.0fs", job["id"], self.stale_after)
+            self.store.add_event(job["id"], f"The worker running this job stopped responding (no heartbeat for "
+                                 f"{self.stale_after:.0f}s); re-queued, it resumes from its newest complete checkpoint.",
+                                 level="warn")
+
+    def _abandon(self, job: dict) -> None:
+        """The job was given to another worker (this one was silent too long): stop training it here, record nothing."""
+        log.warning("job %s is no longer ours (status %s, worker %s): stopping its trainer", job["id"], job["status"], job["worker"])
+        self._stop_trainer()
+        self.proc, self.job_id = None, None
+
     def _start(self, job: dict) -> None:
+        self.job_id = job["id"]
         root = self.store.root / "ft-jobs"
         run_dir = Path(job["run_dir"] or (root / job["id"])).resolve()
         config_path = root / f"{job['id']}.yaml"
@@ -213,15 +269,14 @@ class JobRunner:
             shutil.rmtree(run_dir)  # a fresh start needs an empty run folder
         if not config_path.is_file():
             config_path.write_text(yaml.safe_dump(self._config(job)))
-        command = trainer_command(config_path, run_dir, resume)
+        command = trainer_command(config_path, run_dir, resume, self.nproc)
         log_path = root / f"{job['id']}.log"
         with open(log_path, "a") as handle:
             self.proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
                                          env=trainer_env(job["id"]))
-        self.job_id = job["id"]
-        self.store.update_job(job["id"], status="running", started_at=job["started_at"] or now(), run_dir=str(run_dir),
-                              pid=self.proc.pid)
-        self.store.add_event(job["id"], "Fine-tuning job started" + (" (resuming)" if resume else ""))
+        self.store.update_job(job["id"], started_at=job["started_at"] or now(), run_dir=str(run_dir), pid=self.proc.pid)
+        on = f" on {self.name}" if self.store.shared else ""
+        self.store.add_event(job["id"], f"Fine-tuning job started{on}" + (" (resuming)" if resume else ""))
 
     def _config(self, job: dict) -> dict:
         training = self.store.file(job["training_file"])
@@ -239,9 +294,13 @@ class JobRunner:
         if code is None:
             if job["cancel_requested"]:  # cancelled while it was being started
                 _kill_group(self.proc.pid)
+            elif self._lost == job["id"]:
+                self._abandon(job)
             return
         job = self.store.job(self.job_id)
-        if job["cancel_requested"]:
+        if job["worker"] != self.name and not job["cancel_requested"]:
+            self._abandon(job)  # re-queued while this worker was silent: the job's new worker reports it
+        elif job["cancel_requested"]:
             self._finish(job, "cancelled", None)
         elif code == 0 and _result_dir(Path(job["run_dir"])):
             self._succeed(job)
@@ -281,7 +340,7 @@ class JobRunner:
             self._finish(job, "failed", {"code": "model_load_failed", "message": f"trained, but loading the result failed: {exc}", "param": None})
             return
         self.store.add_event(job["id"], f"New fine-tuned model created: {job['fine_tuned_model']}")
-        self.store.update_job(job["id"], trained_tokens=_trained_tokens(Path(job["run_dir"])))
+        self.store.update_job(job["id"], trained_tokens=_trained_tokens(Path(job["run_dir"])), fine_tuned_model=job["fine_tuned_model"])
         self._finish(job, "succeeded", None)
 
     def _finish(self, job: dict, status: str, error: dict | None) -> None:
