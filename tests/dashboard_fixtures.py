@@ -6,6 +6,7 @@ has: config.yaml, metrics.jsonl with eval_loss, adapter/, eval/results.json and 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,16 @@ def bad_file(path: Path) -> Path:
     lines[2] = json.dumps({"messages": "nope"})
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def start_dashboard_server(tmp: Path, model_dir: Path, runs: Path, key: str) -> tuple[subprocess.Popen, str]:
+    """`tunewright serve MODEL --runs RUNS --api-key KEY` with the jobs API on (its database in `tmp`); (process, base URL)."""
+    from test_serve import free_port, start_server
+
+    port = free_port()
+    proc = start_server([str(model_dir), "--runs", str(runs), "--api-key", key, "--database", f"sqlite:///{tmp / 'jobs.db'}"],
+                        port, tmp / "server.log", {"TUNEWRIGHT_JOBS": "1"})
+    return proc, f"http://127.0.0.1:{port}"
 
 
 def train_cli_run(runs: Path, name: str, model_dir: Path, data: Path, val: Path, learning_rate: float) -> Path:

@@ -10,8 +10,8 @@ import zipfile
 import httpx
 import pytest
 from conftest import write_jsonl
-from dashboard_fixtures import bad_file, cli_runs, sum_rows  # noqa: F401
-from test_serve import free_port, start_server, stop_server
+from dashboard_fixtures import bad_file, cli_runs, start_dashboard_server, sum_rows  # noqa: F401
+from test_serve import free_port, stop_server
 
 KEY = "dash-key"
 
@@ -19,10 +19,8 @@ KEY = "dash-key"
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, tiny_model_dir, cli_runs):  # noqa: F811
     tmp = tmp_path_factory.mktemp("dash-api")
-    port = free_port()
-    proc = start_server([str(tiny_model_dir), "--runs", str(cli_runs), "--api-key", KEY, "--database", f"sqlite:///{tmp / 'jobs.db'}"],
-                        port, tmp / "server.log", {"TUNEWRIGHT_JOBS": "1"})
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as client:
+    proc, base = start_dashboard_server(tmp, tiny_model_dir, cli_runs, KEY)
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as client:
         client.tmp = tmp
         yield client
     stop_server(proc)

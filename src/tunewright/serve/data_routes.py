@@ -46,11 +46,18 @@ def checked_report(upload: UploadFile, spec: str, max_seq_len: int) -> dict:
         with open(path, "wb") as out:
             shutil.copyfileobj(upload.file, out, length=2**20)
         try:
-            report = check_data([str(path)], model=spec, max_seq_len=max_seq_len)
+            report = check_data([str(path)], _own_tokenizer(spec), spec, max_seq_len=max_seq_len)
         except UserError as exc:
             text = exc.message + (f" (fix: {exc.fix})" if exc.fix else "")
             raise OpenAIError(400, text.replace(folder + "/", ""), param="file", code="invalid_file") from None
         return _scrub(report, folder + "/")
+
+
+def _own_tokenizer(spec: str):
+    """A fresh copy of the model's tokenizer: the served one is shared under a lock, which a long check would hold."""
+    from ..models import load_tokenizer, local_model_dir
+
+    return load_tokenizer(local_model_dir(spec))
 
 
 def _scrub(value, prefix: str):

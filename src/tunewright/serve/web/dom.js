@@ -18,7 +18,9 @@ export const fmt = {
   time: (s) => (s ? new Date(s * 1000).toLocaleString() : "–"),
   duration: (s) => { if (s === null || s === undefined || !isFinite(s)) return "–"; s = Math.round(s);
     return s < 60 ? `${s}s` : s < 3600 ? `${Math.floor(s / 60)}m ${s % 60}s` : `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`; },
-  num: (v, digits = 4) => (v === null || v === undefined ? "–" : typeof v === "number" ? (Number.isInteger(v) ? v.toLocaleString() : v.toPrecision(digits)) : String(v)),
+  num: (v, digits = 4) => (v === null || v === undefined ? "–" : typeof v !== "number" ? String(v)
+    : Number.isInteger(v) || Math.abs(v) >= 10 ** digits ? Math.round(v).toLocaleString()
+    : Math.abs(v) >= 1e-3 ? String(+v.toPrecision(digits)) : v.toPrecision(digits)),
   bytes: (b) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GB` : b >= 2 ** 20 ? `${(b / 2 ** 20).toFixed(1)} MB` : `${(b / 1024).toFixed(1)} kB`),
 };
 

@@ -77,10 +77,10 @@ export async function jobPage({ view, onLeave }, id) {
       { label: "validation loss", num: true, value: (c) => fmt.num(c.metrics.valid_loss) },
       { label: "checkpoint", value: (c) => h("code", {}, c.fine_tuned_model_checkpoint) }], ckpts.data)
       : h("p", { class: "muted" }, "No complete checkpoint yet."));
-    actions.replaceChildren(
+    actions.replaceChildren(...[
       ACTIVE.includes(job.status) ? cancelButton(job, tick) : null,
       job.status === "succeeded" ? h("a", { class: "button", href: `#/playground?right=${encodeURIComponent(job.fine_tuned_model)}` }, "Try it in the playground") : null,
-      h("a", { class: "button secondary", href: `#/compare?ids=${id}` }, "Compare with…"));
+      h("a", { class: "button secondary", href: `#/compare?ids=${id}` }, "Compare with…")].filter(Boolean));
     if (!ACTIVE.includes(job.status) && !finished) {
       finished = true;
       const run = await get(`/v1/runs/${id}`);

@@ -50,7 +50,7 @@ export async function newJobPage({ view, query }) {
     catch (error) { message.replaceChildren(errorBox(error)); }
   };
   view.append(h("h1", {}, "New fine-tuning job"),
-    fileOptions.length ? null : h("p", { class: "warn" }, "No training file yet: ", h("a", { href: "#/data" }, "upload one first"), "."),
+    ...(fileOptions.length ? [] : [h("p", { class: "warn" }, "No training file yet: ", h("a", { href: "#/data" }, "upload one first"), ".")]),
     h("form", { id: "new-job", onsubmit: submit },
       h("section", {}, h("h2", {}, "Model and data"), h("div", { class: "row" },
         field("job-model", "Base model", f.model), field("job-type", "Method type", f.type), field("job-method", "Training method", f.method)),
