@@ -125,3 +125,13 @@ def test_a_trial_whose_pace_overruns_the_budget_is_stopped_once_its_pace_is_know
     finished = Watch(lambda epoch, loss: True, deadline=700.0, planned_epochs=4)  # exited already: only record
     assert _watch_rows(monkeypatch, finished, rows + [(130.0, {"step": 4, "epoch": 0.07, "eval_loss": 2.0})], judge=False) == [None] * 4
     assert finished.evals == [(0.07, 2.0)]
+
+
+def test_a_first_trial_that_fails_ends_the_sweep_with_the_trainers_message(tmp_path):
+    config = tmp_path / "c.yaml"
+    data = {"train": str(write_jsonl(tmp_path / "t.jsonl", _rows(8))), "validation": str(write_jsonl(tmp_path / "v.jsonl", _rows(4)))}
+    config.write_text(yaml.safe_dump({"model": str(tmp_path / "no-such-model"), "data": data, "output_dir": str(tmp_path / "sw")}))
+    out = subprocess.run(CLI + ["sweep", str(config), "--budget", "30m"], capture_output=True, text=True, check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "trial 0 failed" in out.stderr and "no-such-model" in out.stderr
+    assert [t["state"] for t in json.loads((tmp_path / "sw" / "sweep.json").read_text())["trials"]] == ["failed"]

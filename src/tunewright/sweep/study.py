@@ -139,6 +139,8 @@ def run_sweep(cfg: RunConfig, budget_s: float, max_trials: int | None = None, sp
         clock.record(outcome, n_train)
         trials.append(trial_record(trial.number, params, outcome))
         write_sweep_json(out_dir, record)
+        if outcome.state == "failed" and not any(t["state"] == "complete" for t in trials):
+            break  # nothing has trained yet: the config or the data is at fault, and every trial would fail alike
     return finish(out_dir, record, trials)
 
 
