@@ -101,6 +101,35 @@ def test_a_claim_skips_a_job_another_worker_is_claiming(database):
     store.close()
 
 
+def test_the_heartbeat_thread_keeps_a_job_while_the_runner_is_busy_and_notices_losing_it(tmp_path, monkeypatch):
+    """Beats come from their own thread (a worker importing torch for a job start must not go stale), and a beat
+    that finds the job re-queued to another worker marks it lost, so the runner stops its trainer."""
+    from tunewright.serve import jobs_runner
+    from tunewright.serve.jobs_runner import JobRunner
+    from tunewright.serve.jobs_store import JobStore
+
+    monkeypatch.setattr(jobs_runner, "HEARTBEAT_SECONDS", 0.2)
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    store.add_job({"id": "ftjob-beat", "model": "m", "status": "queued", "created_at": 1})
+    runner = JobRunner(store, on_success=None, stale_after=1.0)
+    runner.job_id = store.claim_next(runner.name)["id"]  # as _start does; the scheduling loop itself never runs here
+    runner._heart.start()
+    try:
+        time.sleep(1.5)  # longer than stale_after: without beats the job would be re-queued now
+        assert store.requeue_stale(1.0) == [] and store.job("ftjob-beat")["worker"] == runner.name
+        store.update_job("ftjob-beat", status="queued", worker=None)  # given away, as requeue_stale does
+        store.claim_next("other-worker")
+        deadline = time.monotonic() + 5
+        while runner._lost != "ftjob-beat" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert runner._lost == "ftjob-beat"
+        assert store.job("ftjob-beat")["worker"] == "other-worker"  # a lost beat changes nothing in the row
+    finally:
+        runner._stop.set()
+        runner._heart.join(timeout=5)
+        store.close()
+
+
 def test_worker_needs_a_shared_database_it_can_reach():
     runner = CliRunner()
     sqlite = runner.invoke(app, ["worker", "--database", "sqlite:///runs/jobs.db"])
