@@ -130,6 +130,25 @@ def test_the_heartbeat_thread_keeps_a_job_while_the_runner_is_busy_and_notices_l
         store.close()
 
 
+@needs_postgres
+def test_a_store_reconnects_after_its_connection_is_cut(database):
+    """A database restart or network cut fails the statement that meets it; the next one reconnects, so a worker's
+    loop (which logs the failure and carries on) keeps working without a restart."""
+    import psycopg
+
+    from tunewright.serve.jobs_store import open_store
+
+    store = open_store(database)
+    store.add_job({"id": "ftjob-cut", "model": "m", "status": "queued", "created_at": 1})
+    with psycopg.connect(database, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                      "AND pid <> pg_backend_pid()")
+    with pytest.raises(psycopg.OperationalError):
+        store.job("ftjob-cut")
+    assert store.claim_next("w1")["id"] == "ftjob-cut"
+    store.close()
+
+
 def test_worker_needs_a_shared_database_it_can_reach():
     runner = CliRunner()
     sqlite = runner.invoke(app, ["worker", "--database", "sqlite:///runs/jobs.db"])

@@ -75,6 +75,8 @@ class PostgresJobStore(JobStore):
 
     def _execute(self, sql: str, args: tuple) -> list:
         with self._lock:
+            if self._db.broken:  # the server restarted or the network dropped: the statement that saw it failed, this one reconnects
+                self._db = self._connect()
             cursor = self._db.execute(sql.replace("?", "%s"), args)
             return cursor.fetchall() if cursor.description else []
 
