@@ -217,10 +217,18 @@ def test_playground_streams_base_and_tuned_side_by_side(page):
     page.check("playground")
 
 
-def test_runs_page_lists_the_cli_run_and_opens_its_report(page):
+def test_jobs_and_runs_pages_list_the_job_and_the_cli_run(page):
+    page.go("jobs")
+    row = page.wait(lambda: page.driver.find_element("link text", page.made["job"]), what="the job in the list")
+    assert "succeeded" in row.find_element("xpath", "ancestor::tr").text
+    page.check("jobs")
     page.go("runs")
     link = page.wait(lambda: page.driver.find_element("link text", "cli-a"), what="the runs list")
+    assert page.driver.find_elements("link text", page.made["job"])  # the job's run is listed beside the CLI run
+    page.check("runs")
     link.click()
     page.wait(lambda: page.css("#report iframe"), what="the CLI run's report")
     assert int(page.css("#loss-chart figure").get_attribute("data-points")) >= 3
+    buttons = page.css("#exports").text
+    assert "Export merged Hugging Face folder" in buttons and "Export GGUF + Modelfile" in buttons and "Download run (zip)" in buttons
     page.check("run")

@@ -20,6 +20,7 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';
 
 def install_dashboard_and_api(app: FastAPI, registry, jobs, runs_dir: str | None, api_key_required: bool) -> None:
     """The API the dashboard needs beyond OpenAI's (data check, runs, exports, job preview), then the page itself."""
+    import os
     import tempfile
 
     from .data_routes import add_data_routes
@@ -29,7 +30,8 @@ def install_dashboard_and_api(app: FastAPI, registry, jobs, runs_dir: str | None
     add_data_routes(app, registry)
     index = RunIndex(runs_dir, jobs)
     add_run_routes(app, index)
-    exports_root = jobs.store.root / "exports" if jobs is not None else Path(tempfile.mkdtemp(prefix="tw-exports-"))
+    # the jobs' folder when there is one; else a per-process temporary folder, made only when something is exported
+    exports_root = jobs.store.root / "exports" if jobs is not None else Path(tempfile.gettempdir()) / f"tunewright-exports-{os.getpid()}"
     add_export_routes(app, index, Exporter(exports_root))
     if jobs is not None:
         from .jobs_preview import add_preview_route
