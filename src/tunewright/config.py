@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,7 +26,8 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     train: DataPaths | None = None
     validation: DataPaths | None = None
-    validation_split: float = Field(0.0, ge=0.0, lt=1.0)
+    # a share of train held out when no validation file is given; auto: ~10% (<= 200 rows) from 1,000 rows up
+    validation_split: Union[Annotated[float, Field(ge=0.0, lt=1.0)], Auto] = "auto"
     format: Literal["auto", "alpaca", "messages", "sharegpt", "completion", "text", "dpo", "preference"] = "auto"
     max_seq_len: int = Field(1024, ge=8)
     packing: bool = True
@@ -66,11 +67,15 @@ class TrainConfig(_Section):
     eval_every: int | Auto = "auto"
     save_every: int | Auto = "auto"
     save_total_limit: int = Field(2, ge=1)
-    early_stopping_patience: int | None = None
+    # auto: stop after ~1 epoch of evaluations without a better validation loss, when epochs is auto
+    # and there is validation data (train.hparams); null: never
+    early_stopping_patience: int | Auto | None = "auto"
     log_every: int = Field(1, ge=1)
     seed: int = 42
     report_to: list[str] = Field(default_factory=list)
     threads: int | Auto = "auto"
+    # learning_rate: auto measured by a short range test on the data (train.lr_range, lr_range.png) instead of the rule
+    lr_range_test: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -133,6 +138,7 @@ class ResolvedTrainConfig(TrainConfig):
     eval_every: int
     save_every: int
     threads: int
+    early_stopping_patience: int | None
 
 
 class ResolvedPreferenceConfig(PreferenceConfig):
@@ -259,8 +265,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise _explain(e, source) from None
 
 
-def to_yaml(config: RunConfig) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+def to_yaml(config: RunConfig, notes: dict[str, str] | None = None) -> str:
+    """The config as YAML; `notes` (by dotted key) become comments beside their values, so it still loads unchanged."""
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    return _annotate(text, notes) if notes else text
+
+
+def _annotate(text: str, notes: dict[str, str]) -> str:
+    """Append `# note` to each `key: value` line whose dotted path has a note (safe_dump indents by 2)."""
+    path: list[str] = []
+    lines = []
+    for line in text.splitlines():
+        stripped = line.lstrip(" ")
+        depth = (len(line) - len(stripped)) // 2
+        key, sep, value = stripped.partition(":")
+        if sep and not stripped.startswith("- "):
+            path = [*path[:depth], key]
+            note = notes.get(".".join(path))
+            if note and value.strip():
+                line = f"{line}  # auto: {' '.join(note.split())}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

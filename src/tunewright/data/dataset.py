@@ -24,6 +24,7 @@ from .templates import TokenizedExample
 from .validate import bad_rows_error, bad_rows_json, duplicate_counts, overlap_count
 
 CACHE_VERSION = 1  # bump when tokenization or the cached columns change
+AUTO_SPLIT_FROM, AUTO_SPLIT_ROWS = 1_000, 200  # validation_split: auto holds out rows from this size up, at most this many
 
 
 @dataclass
@@ -64,6 +65,7 @@ def prepare_sft_data(cfg: RunConfig, tokenizer) -> PreparedData:
     template_kwargs = resolve_template_kwargs(tokenizer, train_rows.conversations, data.chat_template_kwargs)
     apply_template_defaults(tokenizer, template_kwargs)
     everything = tokenize_cached(train_rows.conversations, tokenizer, data)
+    data = with_split_resolved(data, len(everything.examples))
     if data.validation:
         train, val, val_source = everything, tokenize_cached(val_rows.conversations, tokenizer, data), "file"
     elif data.validation_split > 0:
@@ -102,8 +104,29 @@ def load_rows(data: DataConfig, tokenizer, objective: str = "sft") -> tuple[Load
     return train_rows, val_rows
 
 
+def with_split_resolved(data: DataConfig, n_rows: int) -> DataConfig:
+    """`validation_split: auto` as a number: ~10% (at most 200 rows) from 1,000 rows up when no validation file is given.
+
+    Below that size every row is worth more for training; above it a held-out set costs little and
+    lets `epochs: auto` stop on validation loss and keep the best weights.
+    """
+    if data.validation_split != "auto":
+        return data
+    share = 0.0 if data.validation or n_rows < AUTO_SPLIT_FROM else round(min(0.1, AUTO_SPLIT_ROWS / n_rows), 4)
+    return data.model_copy(update={"validation_split": share})
+
+
+def split_reason(data: DataConfig, report: dict) -> str:
+    """The one-line reason config.yaml and the CLI give for an `auto` validation_split."""
+    if data.validation:
+        return "0: a validation file is given"
+    if report.get("validation_source") == "split":
+        return f"{report['validation_split']:g}: {report['validation_examples']} of the rows held out (from {AUTO_SPLIT_FROM:,} rows up, at most {AUTO_SPLIT_ROWS})"
+    return f"0: under {AUTO_SPLIT_FROM:,} training rows every row trains; no validation data, so no early stopping"
+
+
 def held_out_indices(n: int, data: DataConfig) -> list[int]:
-    """Which rows the seeded validation_split holds out (the same rows on every run with the same seed)."""
+    """Which rows the seeded validation_split (a number: see with_split_resolved) holds out, the same on every run with that seed."""
     if n < 2:
         raise UserError(f"{n} training row: too few to hold out a validation split", "add examples, or set data.validation_split: 0")
     n_val = min(n - 1, max(1, round(n * data.validation_split)))

@@ -131,7 +131,7 @@ def prompt_overlap(train: list[PreferenceRow], validation: list[PreferenceRow], 
 
 def prepare_preference_data(cfg, tokenizer):
     """Load, validate, render, split and report the preference pairs of a run (PreparedData of PreferencePairs)."""
-    from .dataset import PreparedData, held_out_indices
+    from .dataset import PreparedData, held_out_indices, with_split_resolved
     from .preference import load_pairs
     from .template_kwargs import apply_template_defaults, resolve_template_kwargs
     from .validate import bad_rows_error
@@ -152,6 +152,7 @@ def prepare_preference_data(cfg, tokenizer):
     if not everything.pairs:
         raise UserError(f"no usable preference pairs in {data.train}", "check the data.train paths and the bad rows listed by `tunewright data check`")
     train, val_source = everything, "file" if val_rows else "none"
+    data = with_split_resolved(data, len(everything.pairs))
     if not val_rows and data.validation_split > 0:
         held = set(held_out_indices(len(everything.pairs), data))
         train = everything.select([i for i in range(len(everything.pairs)) if i not in held])

@@ -20,7 +20,7 @@ RESOLVED_KEYS = ("epochs", "batch_size", "learning_rate", "max_steps", "warmup_r
 
 def preview(service, body: CreateJob) -> dict:
     from ..config import RunConfig
-    from ..train.hparams import resolve_auto, total_steps
+    from ..train.hparams import DataShape, resolve_auto, total_steps
 
     job, training, validation = service.validated_job(body)
     hp, extras = job["hyperparameters"] or {}, job["extras"] or {}
@@ -31,7 +31,9 @@ def preview(service, body: CreateJob) -> dict:
     architecture, params = _architecture(cfg)
     device = _device()
     n_examples = training.get("rows") or 0
-    resolved = resolve_auto(cfg, n_examples, params.total, device)
+    # row counts only (no tokens yet): epochs' early-stopping ceiling and patience follow the trainer's rules
+    shape = DataShape(n_examples, validation_examples=(validation or {}).get("rows") or 0)
+    resolved = resolve_auto(cfg, shape, params.total, device)
     steps = total_steps(resolved, n_examples)
     per_step = _seconds_per_step(service, job["base_spec"])
     return {

@@ -78,13 +78,16 @@ def count_train_examples(cfg: RunConfig) -> int:
         n = len(load_conversations(cfg.data.train, cfg.data.format).conversations)
     else:
         n = len(load_pairs(cfg.data.train, cfg.data.format).pairs)
-    if not cfg.data.validation and cfg.data.validation_split > 0:
-        n -= min(n - 1, max(1, round(n * cfg.data.validation_split)))
+    from ..data.dataset import with_split_resolved
+
+    split = with_split_resolved(cfg.data, n).validation_split
+    if not cfg.data.validation and split > 0:
+        n -= min(n - 1, max(1, round(n * split)))
     return max(1, n)
 
 
 def require_validation(cfg: RunConfig, source: str) -> None:
     """Trials are compared and pruned on validation loss: without validation data there is nothing to compare."""
-    if not cfg.data.validation and not cfg.data.validation_split:
+    if not cfg.data.validation and cfg.data.validation_split in (0, "auto"):  # auto splits only large sets: ask
         raise UserError(f"{source}: sweep needs validation data (data.validation or data.validation_split)",
                         "add data.validation: val.jsonl, or --set data.validation_split=0.1")

@@ -1,7 +1,23 @@
-"""`auto` hyperparameters, chosen from data size, method, model size and hardware.
+"""`auto` hyperparameters, chosen from the data (size, trained tokens), method, model size and hardware.
 
-The rules (also in the README):
-- epochs: 3 under 1,000 examples, 2 under 10,000, else 1 (small sets need repeats; big ones overfit).
+Every rule returns its value and a one-line reason; config.yaml records the reasons as comments and
+the CLI prints them. The rules (also in the README):
+- epochs (OpenAI's data-preparation guidance): 3 epochs, raised so that at least 100 examples are
+  seen and lowered so that at most 25,000 are, within 1..25 epochs. With validation data and
+  `early_stopping_patience: auto`, that is the *target*; the run may train up to twice as long (a
+  ceiling, still <= 25,000 examples seen) and stops when the validation loss has not improved for
+  about an epoch, keeping the best evaluation's weights (issue 11: 150 steps scored 0.74 on a
+  one-word classification task where 450 scored 0.80).
+- batch_size (examples per optimizer step): the largest of 32, 16, 8 that still gives at least
+  300 optimizer steps over the target epochs (on CPU a step costs its tokens, not its count, so
+  smaller batches buy more updates for free); 8 when none does. With few trained tokens per
+  example (< 16: one-word answers) it is 8 regardless: each example's gradient is a few tokens'
+  worth, and the measured gain came from more, smaller steps.
+- eval_every: as often as keeps the validation-loss pass under 10% of training time (a forward
+  pass costs about a third of forward+backward per token), and at least once per epoch; without
+  validation data, about five times per run.
+- early_stopping_patience: evaluations covering about one epoch (at least 2), with validation
+  data and `epochs: auto`; off otherwise.
 - learning_rate: 2e-4 for LoRA/DoRA/QLoRA, 1e-4 for freeze, 2e-5 for full (1e-5 above 1B parameters).
   Preference objectives (dpo, orpo) use a tenth of that, about: 5e-5 for LoRA/DoRA/QLoRA, 2e-5 for
   freeze, 5e-6 for full (2e-6 above 1B). Why lower: SFT moves the model towards fixed targets, while
@@ -12,35 +28,96 @@ The rules (also in the README):
   1e-6) and ORPO at 8e-6, all with batches of 64-128 pairs; our smaller default batches (8-32) take
   noisier steps, so we sit a little above those and keep LoRA's usual ~10x over full fine-tuning.
 - preference.beta: 0.1 (DPO paper, TRL and OpenAI's default; ORPO's lambda, same default in TRL).
-- batch_size (examples per optimizer step): 8 under 1,000 examples, 16 under 10,000, else 32.
 - micro_batch_tokens: 512 on CPU (as fast as 4,096 there, a third less memory), 16,384 on a GPU.
 - precision: bf16 on GPUs that support it and on CPUs with avx512_bf16/amx_bf16; fp32 elsewhere
   (bf16 emulated on AVX2 ran ~100x slower than fp32, see docs/performance.md).
 - threads: the CPU cores that other processes leave idle when the run starts (at least 1), from
   the machine's CPU time over half a second minus our own (train/cpu_usage.py): an OpenMP thread
   that has to share a core made training 4-5x slower, not 2x.
-- eval_every / save_every: about five evaluations and checkpoints per run.
+- save_every: eval_every (so the best evaluation is usually a checkpoint too).
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from ..config import ResolvedRunConfig, RunConfig
-from .cpu_usage import idle_cores, measure_busy_elsewhere, usable_cores
+from .cpu_usage import WINDOW_S, idle_cores, measure_busy_elsewhere, usable_cores
 from .preference_loss import AUTO_BETA
 
 BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}  # CPU flags of native bf16 matmuls
 
+TARGET_EPOCHS, MIN_EPOCHS, MAX_EPOCHS = 3, 1, 25  # OpenAI's fine-tuning data-preparation guidance
+MIN_SEEN, MAX_SEEN = 100, 25_000  # examples seen over the run, same source
+CEILING_FACTOR = 2  # with early stopping, train up to this many times the target
+MIN_STEPS = 300  # optimizer steps worth having before batches grow
+FEW_TRAINED_TOKENS = 16  # per example: one-word answers and labels
+EVAL_SHARE = 0.10  # the most of training time the validation-loss pass may take
+FORWARD_SHARE = 1 / 3  # a forward pass's cost per token against forward+backward
 
-def auto_epochs(n_examples: int) -> float:
-    if n_examples < 1_000:
-        return 3
-    if n_examples < 10_000:
-        return 2
-    return 1
+
+@dataclass(frozen=True)
+class DataShape:
+    """What the `auto` rules read from the tokenized data (pairs count as examples)."""
+
+    examples: int
+    trained_tokens: int = 0  # summed over the training examples
+    tokens: int = 0  # their real tokens, prompt included
+    validation_examples: int = 0
+    validation_tokens: int = 0
+
+    @property
+    def trained_per_example(self) -> float:
+        return self.trained_tokens / max(self.examples, 1)
+
+    @property
+    def tokens_per_example(self) -> float:
+        return self.tokens / max(self.examples, 1)
+
+    @classmethod
+    def of(cls, train: Sequence, validation: Sequence = ()) -> DataShape:
+        """From TokenizedExamples, or PreferencePairs (both answers count)."""
+        def parts(item):
+            return [item.chosen, item.rejected] if hasattr(item, "chosen") else [item]
+        t = [p for item in train for p in parts(item)]
+        v = [p for item in validation for p in parts(item)]
+        return cls(len(train), sum(e.trained_tokens for e in t), sum(len(e.input_ids) for e in t),
+                   len(validation), sum(len(e.input_ids) for e in v))
+
+
+Choice = tuple  # (value, reason)
+
+
+def auto_epochs(n_examples: int) -> Choice:
+    """OpenAI's rule: 3 epochs, so that 100..25,000 examples are seen, within 1..25 epochs."""
+    n = max(n_examples, 1)
+    if n * TARGET_EPOCHS < MIN_SEEN:
+        epochs = min(MAX_EPOCHS, math.ceil(MIN_SEEN / n))
+        return epochs, f"{epochs} epochs: at least {MIN_SEEN} examples seen from {n_examples} (OpenAI's guidance)"
+    if n * TARGET_EPOCHS > MAX_SEEN:
+        epochs = max(MIN_EPOCHS, MAX_SEEN // n)
+        return epochs, f"{epochs} epoch(s): at most ~{MAX_SEEN:,} examples seen from {n_examples:,} (OpenAI's guidance)"
+    return TARGET_EPOCHS, f"{TARGET_EPOCHS} epochs over {n_examples:,} examples (OpenAI's guidance: 3, {MIN_SEEN}..{MAX_SEEN:,} seen)"
+
+
+def epoch_ceiling(n_examples: int, target: float) -> float:
+    """How long a run that early-stops may train: twice the target, still <= 25,000 examples seen."""
+    most = max(target, MAX_SEEN / max(n_examples, 1))
+    return min(MAX_EPOCHS, CEILING_FACTOR * target, math.floor(most * 100) / 100)
+
+
+def auto_batch_size(n_examples: int, trained_per_example: float = FEW_TRAINED_TOKENS, epochs: float = TARGET_EPOCHS) -> Choice:
+    """The largest of 32/16/8 that leaves >= 300 optimizer steps; 8 for few trained tokens per example."""
+    if trained_per_example < FEW_TRAINED_TOKENS:
+        return 8, f"8: {trained_per_example:.1f} trained tokens per example, so more, smaller steps"
+    seen = n_examples * epochs
+    for size in (32, 16):
+        if seen / size >= MIN_STEPS:
+            return size, f"{size}: the largest that leaves >= {MIN_STEPS} steps ({math.ceil(seen / size)})"
+    return 8, f"8: {math.ceil(seen / 8)} steps over {epochs:g} epochs (fewer than {MIN_STEPS} even at 8)"
 
 
 def auto_learning_rate(method: str, n_params: int, objective: str = "sft") -> float:
@@ -54,12 +131,28 @@ def auto_learning_rate(method: str, n_params: int, objective: str = "sft") -> fl
     return 1e-5 if n_params > 1_000_000_000 else 2e-5
 
 
-def auto_batch_size(n_examples: int) -> int:
-    if n_examples < 1_000:
-        return 8
-    if n_examples < 10_000:
-        return 16
-    return 32
+def auto_eval_every(shape: DataShape, batch_size: int, steps: int) -> Choice:
+    """Validation loss <= 10% of training time, at least once an epoch; ~5 times a run without validation."""
+    if not shape.validation_examples:
+        every = max(1, steps // 5)
+        return every, f"{every}: about five evaluations in {steps} steps"
+    per_epoch = steps_per_epoch_of(shape.examples, batch_size)
+    step_tokens = batch_size * max(shape.tokens_per_example, 1.0)
+    eval_in_steps = FORWARD_SHARE * shape.validation_tokens / step_tokens  # one validation pass, in training steps
+    every = max(1, math.ceil(eval_in_steps / EVAL_SHARE))
+    if every <= per_epoch:
+        return every, (f"{every}: a validation pass ({shape.validation_tokens:,} tokens) costs ~{eval_in_steps:.1f} steps, "
+                       f"<= {EVAL_SHARE:.0%} of training")
+    return per_epoch, f"{per_epoch}: once an epoch (the {shape.validation_tokens:,}-token validation pass costs more than {EVAL_SHARE:.0%})"
+
+
+def auto_patience(steps_in_epoch: int, eval_every: int) -> Choice:
+    patience = max(2, round(steps_in_epoch / max(eval_every, 1)))
+    return patience, f"{patience} evaluations (~1 epoch) without a better validation loss stop the run; the best weights are kept"
+
+
+def steps_per_epoch_of(n_examples: int, batch_size: int) -> int:
+    return max(1, math.ceil(n_examples / batch_size))
 
 
 def cpu_flags() -> set[str]:
@@ -84,45 +177,107 @@ def auto_precision(device: torch.device) -> str:
     return "bf16" if native_bf16(device) else "fp32"
 
 
-def auto_threads(busy_elsewhere: Callable[[], float] = measure_busy_elsewhere) -> int:
+def threads_choice(busy_elsewhere: Callable[[], float] = measure_busy_elsewhere) -> Choice:
     """Cores that other processes leave idle now (never our own start-up's load: see cpu_usage)."""
-    return idle_cores(usable_cores(), busy_elsewhere())
+    cores, busy = usable_cores(), busy_elsewhere()
+    threads = idle_cores(cores, busy)
+    return threads, f"{threads}: {cores} cores, {busy:.1f} busy with other processes over the last {WINDOW_S:g} s"
+
+
+def auto_threads(busy_elsewhere: Callable[[], float] = measure_busy_elsewhere) -> int:
+    return threads_choice(busy_elsewhere)[0]
+
+
+def precision_choice(device: torch.device) -> Choice:
+    if device.type == "cuda":
+        return ("bf16", "bf16: this GPU supports it") if native_bf16(device) else ("fp32", "fp32: this GPU has no bf16")
+    if native_bf16(device):
+        return "bf16", "bf16: this CPU has native bf16 (avx512_bf16/amx_bf16)"
+    return "fp32", "fp32: this CPU has no native bf16 (emulated bf16 is ~100x slower)"
+
+
+def learning_rate_choice(method: str, n_params: int, objective: str) -> Choice:
+    lr = auto_learning_rate(method, n_params, objective)
+    kind = "preference tuning" if objective != "sft" else "SFT"
+    return lr, f"{lr:g}: the fixed rule for {method} {kind} ({_count(n_params)} parameters)"
 
 
 def total_steps(cfg: RunConfig, n_examples: int) -> int:
     t = cfg.train
     if t.max_steps:
         return t.max_steps
-    per_epoch = max(1, math.ceil(n_examples / t.batch_size))
+    per_epoch = steps_per_epoch_of(n_examples, int(t.batch_size))
     return max(1, math.ceil(per_epoch * float(t.epochs)))
 
 
-def resolve_auto(cfg: RunConfig, n_examples: int, n_params: int, device: torch.device) -> ResolvedRunConfig:
+def _count(n: int) -> str:
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n:,}"
+
+
+def early_stopping_applies(cfg: RunConfig, shape: DataShape) -> bool:
+    """`patience: auto` early-stops runs whose length is `auto` and that have validation data."""
+    t = cfg.train
+    return t.early_stopping_patience == "auto" and t.epochs == "auto" and not t.max_steps and shape.validation_examples > 0
+
+
+def resolve_auto(cfg: RunConfig, data: DataShape | int, n_params: int, device: torch.device) -> ResolvedRunConfig:
     """A copy of `cfg` with every `auto` replaced by its value (what goes into config.yaml).
 
     Its type says so: validating it as a ResolvedRunConfig fails on any `auto` left in `train` or `preference`.
-
-    `n_examples` counts preference pairs for dpo / orpo: a step's batch_size is pairs there.
     """
+    return resolve_with_reasons(cfg, data, n_params, device)[0]
+
+
+def resolve_with_reasons(cfg: RunConfig, data: DataShape | int, n_params: int,
+                         device: torch.device) -> tuple[ResolvedRunConfig, dict[str, str]]:
+    """`resolve_auto`, plus the rule or measurement behind each value, by dotted key.
+
+    `data` counts preference pairs for dpo / orpo: a step's batch_size is pairs there.
+    """
+    shape = data if isinstance(data, DataShape) else DataShape(data)
+    n = shape.examples
+    early = early_stopping_applies(cfg, shape)
     cfg = cfg.model_copy(deep=True)
-    t = cfg.train
+    t, why = cfg.train, {}
+
+    def choose(section, key: str, value, reason: str) -> None:
+        setattr(section, key, value)
+        why[f"{'preference' if section is cfg.preference else 'train'}.{key}"] = reason
+
+    target = auto_epochs(n) if t.epochs == "auto" else (float(t.epochs), "")
     if t.epochs == "auto":
-        t.epochs = auto_epochs(n_examples)
+        epochs, reason = target
+        if early:
+            epochs = epoch_ceiling(n, target[0])
+            reason = f"{epochs:g} (ceiling); target {reason}; early stopping on validation loss decides"
+        choose(t, "epochs", epochs, reason)
     if t.learning_rate == "auto":
-        t.learning_rate = auto_learning_rate(cfg.method, n_params, cfg.objective)
+        choose(t, "learning_rate", *learning_rate_choice(cfg.method, n_params, cfg.objective))
     if t.batch_size == "auto":
-        t.batch_size = min(auto_batch_size(n_examples), max(1, n_examples))
+        few = shape.trained_per_example if shape.trained_tokens else FEW_TRAINED_TOKENS
+        size, reason = auto_batch_size(n, few, target[0])
+        choose(t, "batch_size", min(size, max(1, n)), reason if size <= n else f"{n}: every example ({reason})")
     if t.micro_batch_tokens == "auto":
-        t.micro_batch_tokens = 16_384 if device.type == "cuda" else 512
+        gpu = device.type == "cuda"
+        choose(t, "micro_batch_tokens", 16_384 if gpu else 512, "16384: GPU" if gpu else "512: as fast as 4096 on CPU, less memory")
     if cfg.preference.beta == "auto":
-        cfg.preference.beta = AUTO_BETA
+        choose(cfg.preference, "beta", AUTO_BETA, f"{AUTO_BETA}: the DPO paper's, TRL's and OpenAI's default")
     if t.precision == "auto":
-        t.precision = auto_precision(device)
-    steps = total_steps(cfg, n_examples)
+        choose(t, "precision", *precision_choice(device))
+    steps = total_steps(cfg, n)
     if t.eval_every == "auto":
-        t.eval_every = max(1, steps // 5)
+        choose(t, "eval_every", *auto_eval_every(shape, int(t.batch_size), steps))
+    if t.early_stopping_patience == "auto":
+        if early:
+            choose(t, "early_stopping_patience", *auto_patience(steps_per_epoch_of(n, int(t.batch_size)), int(t.eval_every)))
+        else:
+            off = "no validation data" if not shape.validation_examples else "the run's length is set (epochs or max_steps)"
+            choose(t, "early_stopping_patience", None, f"off: {off}")
     if t.save_every == "auto":
-        t.save_every = t.eval_every
+        choose(t, "save_every", t.eval_every, f"{t.eval_every}: with each evaluation")
     if t.threads == "auto":
-        t.threads = auto_threads() if device.type == "cpu" else torch.get_num_threads()
-    return ResolvedRunConfig.model_validate(cfg.model_dump())
+        if device.type == "cpu":
+            choose(t, "threads", *threads_choice())
+        else:
+            choose(t, "threads", torch.get_num_threads(), "torch's default next to a GPU")
+    return ResolvedRunConfig.model_validate(cfg.model_dump()), why

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import RunConfig, to_yaml
 from ..data.templates import CHATML_TEMPLATE
@@ -17,8 +18,9 @@ from ..errors import UserError
 from ..models import load_model, load_tokenizer, local_model_dir
 from . import checkpoint as ckpt
 from .guards import check_output_dir, reconcile_resume
-from .hparams import native_bf16, resolve_auto
+from .hparams import DataShape, native_bf16, resolve_with_reasons
 from .loop import run_training
+from .lr_range import measure_learning_rate, range_test_applies
 from .methods import (
     apply_method,
     check_method_available,
@@ -133,18 +135,26 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
         data = prepare_data(cfg, tokenizer)
     cfg = _record_detected_format(cfg, data.report)
     cfg = _record_template_kwargs(cfg, data.report)
+    cfg, split_note = _record_validation_split(cfg, data.report)
     run_dir.mkdir(parents=True, exist_ok=True)
     model = load_model(model_dir, trust_remote_code=cfg.trust_remote_code, **_quant_kwargs(cfg, accelerator.local_process_index))
-    cfg = resolve_auto(cfg, len(data.train), sum(p.numel() for p in model.parameters()), accelerator.device)
+    lr_auto = cfg.train.learning_rate == "auto"
+    cfg, notes = resolve_with_reasons(cfg, DataShape.of(data.train, data.validation),
+                                      sum(p.numel() for p in model.parameters()), accelerator.device)
+    notes.update(split_note)
     torch.set_num_threads(cfg.train.threads)
     model = apply_method(model, cfg)
+    if lr_auto and range_test_applies(cfg, accelerator.num_processes) and (measured := measure_learning_rate(
+            model, data.train, cfg, accelerator, tokenizer.pad_token_id, run_dir)) is not None:
+        cfg, notes["train.learning_rate"] = measured
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     params = count_parameters(model)
     if accelerator.is_main_process:
-        _write_file(run_dir, "config.yaml", to_yaml(cfg))  # a resume rewrites it: never leave it half written
+        _write_file(run_dir, "config.yaml", to_yaml(cfg, notes))  # a resume rewrites it: never leave it half written
+        print_auto_reasons(notes, cfg.objective)
         _write_file(run_dir, "data_report.json", json.dumps(data.report, indent=2))
         _write_file(run_dir, "environment.json", json.dumps(environment_info(), indent=2))
     if cfg.train.report_to:
@@ -182,6 +192,26 @@ def _record_template_kwargs(cfg: RunConfig, report: dict) -> RunConfig:
     if cfg.data.chat_template_kwargs != "auto":
         return cfg
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"chat_template_kwargs": report["chat_template_kwargs"]})})
+
+
+def _record_validation_split(cfg: RunConfig, report: dict) -> tuple[RunConfig, dict[str, str]]:
+    """`validation_split: auto` becomes the share prepare_data held out (0 when none), with its reason."""
+    if cfg.data.validation_split != "auto":
+        return cfg, {}
+    from ..data.dataset import split_reason
+
+    share = report.get("validation_split") or 0.0
+    reason = split_reason(cfg.data, report)
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"validation_split": share})}), {"data.validation_split": reason}
+
+
+def print_auto_reasons(notes: dict[str, str], objective: str) -> None:
+    """One line per `auto` value: what was chosen and why (config.yaml keeps the same words)."""
+    console = Console(stderr=True, highlight=False)
+    for key, reason in notes.items():
+        if objective == "sft" and key.startswith("preference."):
+            continue  # preference settings do nothing in an SFT run
+        console.print(f"[dim]auto[/] {key} = {escape(reason)}", soft_wrap=True)
 
 
 def _quant_kwargs(cfg: RunConfig, device_index: int) -> dict:

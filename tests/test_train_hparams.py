@@ -1,0 +1,84 @@
+"""The `auto` rules: epochs and batch size from the data, evaluation cadence, early stopping, reasons in config.yaml."""
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from tunewright.config import RunConfig, load_config, to_yaml
+from tunewright.train.hparams import (
+    DataShape,
+    auto_batch_size,
+    auto_epochs,
+    auto_eval_every,
+    epoch_ceiling,
+    resolve_with_reasons,
+)
+
+CPU = torch.device("cpu")
+# issue 11's hidden task: 1,200 rows of ~260 tokens, ~3 trained (a one-word answer), 200 validation rows
+CLASSIFY = DataShape(1_200, 3 * 1_200, 260 * 1_200, 200, 260 * 200)
+
+
+@pytest.mark.parametrize(("rows", "epochs"), [(10, 10), (20, 5), (500, 3), (1_200, 3), (8_333, 3), (10_000, 2), (20_000, 1), (1_000_000, 1), (2, 25)])
+def test_epochs_follow_openais_guidance(rows, epochs):
+    """3 epochs; at least 100 and at most 25,000 examples seen; 1..25 epochs."""
+    assert auto_epochs(rows)[0] == epochs
+
+
+def test_the_early_stopping_ceiling_is_twice_the_target_within_25000_examples_seen():
+    assert epoch_ceiling(1_200, 3) == 6
+    assert epoch_ceiling(10_000, 2) == 2.5  # 25,000 seen
+    assert epoch_ceiling(50_000, 1) == 1  # never below the target
+    assert epoch_ceiling(2, 25) == 25
+
+
+def test_one_word_answers_get_small_batches_and_the_hidden_task_gets_450_steps():
+    assert auto_batch_size(1_200, trained_per_example=3)[0] == 8
+    cfg, _ = resolve_with_reasons(load_config(data__train="t.jsonl"), DataShape(1_200, 3 * 1_200, 260 * 1_200), 135_000_000, CPU)
+    assert (cfg.train.epochs, cfg.train.batch_size) == (3, 8)  # 450 steps: what scored 0.797 (the old auto ran 150)
+
+
+def test_batch_grows_only_while_300_steps_remain():
+    assert auto_batch_size(500, trained_per_example=60)[0] == 8  # 188 steps even at 8
+    assert auto_batch_size(2_000, trained_per_example=60)[0] == 16  # 375 steps at 16, 188 at 32
+    assert auto_batch_size(5_000, trained_per_example=60)[0] == 32  # 469 at 32
+
+
+def test_evaluation_costs_at_most_a_tenth_of_training_and_happens_every_epoch():
+    every, _ = auto_eval_every(CLASSIFY, batch_size=8, steps=900)
+    step_tokens, pass_tokens = 8 * 260, 200 * 260
+    assert (pass_tokens / 3) / (every * step_tokens) <= 0.10 + 1e-9  # a forward pass is ~1/3 of a training step
+    assert every <= 150  # an epoch is 150 steps
+    huge_validation = DataShape(1_200, 3_600, 260 * 1_200, 5_000, 260 * 5_000)
+    assert auto_eval_every(huge_validation, batch_size=8, steps=900)[0] == 150  # once an epoch, not rarer
+    assert auto_eval_every(DataShape(1_200), batch_size=8, steps=900)[0] == 180  # no validation: five times
+
+
+def test_auto_with_validation_trains_to_a_ceiling_and_early_stops():
+    cfg, why = resolve_with_reasons(load_config(data__train="t.jsonl", data__validation="v.jsonl"), CLASSIFY, 135_000_000, CPU)
+    t = cfg.train
+    assert t.epochs == 6 and t.batch_size == 8 and t.early_stopping_patience >= 2
+    assert t.save_every == t.eval_every
+    assert "early stopping" in why["train.epochs"]
+
+
+def test_a_set_length_or_no_validation_turns_early_stopping_off():
+    no_val, why = resolve_with_reasons(load_config(data__train="t.jsonl"), DataShape(1_200, 3_600, 312_000), 1, CPU)
+    assert no_val.train.early_stopping_patience is None and no_val.train.epochs == 3
+    assert "no validation" in why["train.early_stopping_patience"]
+    fixed, _ = resolve_with_reasons(load_config(data__train="t.jsonl", overrides=["train.epochs=2"]), CLASSIFY, 1, CPU)
+    assert fixed.train.early_stopping_patience is None and fixed.train.epochs == 2
+    mine, _ = resolve_with_reasons(load_config(data__train="t.jsonl", overrides=["train.early_stopping_patience=5"]), CLASSIFY, 1, CPU)
+    assert mine.train.early_stopping_patience == 5
+
+
+def test_config_yaml_carries_a_reason_beside_each_auto_value_and_still_loads():
+    cfg, why = resolve_with_reasons(load_config(data__train="t.jsonl", data__validation="v.jsonl"), CLASSIFY, 135_000_000, CPU)
+    text = to_yaml(cfg, why)
+    assert RunConfig.model_validate(yaml.safe_load(text)) == cfg
+    train_section = text.split("\ntrain:\n")[1].split("\neval:\n")[0]
+    lines = {line.split(":")[0].strip(): line for line in train_section.splitlines()}
+    for key in ("epochs", "learning_rate", "batch_size", "eval_every", "early_stopping_patience", "threads", "precision"):
+        assert "# auto: " in lines[key], lines[key]
+    assert "# auto" not in lines["warmup_ratio"]  # set by the user's defaults, not by a rule
