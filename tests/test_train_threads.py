@@ -68,7 +68,8 @@ def test_a_planted_busy_process_is_counted_and_our_own_busy_thread_is_not():
         stop.set()
         child.kill()
         child.wait()
-    assert child_share > 0.2, "the planted process ran"
-    assert own_share > 0.2, "our own thread ran"
-    assert busy >= child_share - 0.15, f"the planted process is counted ({busy:.2f} < {child_share:.2f})"
-    assert busy <= system_busy - own_share + 0.15, f"our own thread is not ({busy:.2f}, machine {system_busy:.2f}, ours {own_share:.2f})"
+    # on a loaded machine either may get a small share: each check holds whatever the share, since
+    # other processes' load only adds to `busy` and `system_busy` alike
+    assert child_share > 0 and own_share > 0, "the planted process and our thread both ran"
+    assert busy >= child_share - 0.1, f"the planted process is counted ({busy:.2f} < {child_share:.2f})"
+    assert busy <= system_busy - own_share + 0.1, f"our own thread is not ({busy:.2f}, machine {system_busy:.2f}, ours {own_share:.2f})"
