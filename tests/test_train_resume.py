@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import assert_same_adapter, write_jsonl
 from safetensors.torch import load_file
 
@@ -271,3 +272,28 @@ def test_early_stopping_restores_the_best_weights_after_a_resume(tiny_model_dir,
     result = train(_cfg(tiny_model_dir, data, run, **EARLY), resume=True)
     assert result.summary["stopped_early"] and result.summary["steps"] == 6
     _assert_adapter_is(run, evals[1])
+
+
+def test_a_run_that_ends_before_patience_runs_out_still_keeps_the_best_weights(tiny_model_dir, data, tmp_path, monkeypatch):
+    evals = _record_evals(monkeypatch, [0.8, 0.9, 1.0, 1.1])  # best at step 2; patience 4 never runs out
+    run = tmp_path / "ceiling"
+    result = train(_cfg(tiny_model_dir, data, run, **{**EARLY, "train.max_steps": 8, "train.early_stopping_patience": 4}))
+    assert not result.summary["stopped_early"] and result.summary["steps"] == 8
+    assert result.summary["best_step"] == 2
+    _assert_adapter_is(run, evals[1])
+
+
+def test_auto_with_validation_data_early_stops_and_keeps_the_best_weights_with_no_flag(tiny_model_dir, data, tmp_path, monkeypatch):
+    """Nothing but data and validation data (issue 11): auto trains to its ceiling, stops on the planted curve, keeps the best."""
+    curve = [1.0, 0.9, 0.8, 0.85] + [0.9 + 0.01 * k for k in range(60)]  # best at the third evaluation
+    evals = _record_evals(monkeypatch, curve)
+    run = tmp_path / "auto"
+    auto = {k: v for k, v in SETS.items() if k not in ("train.max_steps", "train.save_every", "train.eval_every")}
+    result = train(load_config(model=str(tiny_model_dir), data__train=data["train"], output_dir=str(run),
+                               overrides=[f"{k}={v}" for k, v in {**auto, "data.validation": data["validation"]}.items()]))
+    resolved = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    assert resolved["epochs"] == 6 and resolved["early_stopping_patience"] >= 2  # 48 rows: target 3 epochs, ceiling 6
+    patience, every = resolved["early_stopping_patience"], resolved["eval_every"]
+    assert result.summary["stopped_early"] and result.summary["steps"] == (3 + patience) * every
+    assert result.summary["best_step"] == 3 * every
+    _assert_adapter_is(run, evals[3])

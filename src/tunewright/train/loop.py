@@ -225,9 +225,11 @@ def run_training(model, train: list, validation: list, cfg: ResolvedRunConfig,
                 result.stopped_early = True
                 break
 
-    if result.stopped_early and best_weights is not None:
-        # early stopping means "the best weights", not the ones after `patience` worse evaluations
+    if best_weights is not None and state.best_step != state.step:
+        # early stopping means "the best weights": not the ones after `patience` worse evaluations,
+        # nor those at the end of a run that reached its ceiling after its best evaluation
         ckpt.copy_weights(best_weights, accelerator.unwrap_model(model))
+        result.weights_step = state.best_step
     result.peak_memory_bytes = peak_memory_bytes(device)
     return result
 

@@ -55,4 +55,5 @@ class LoopResult:
     final_loss: float | None = None
     final_eval_loss: float | None = None
     stopped_early: bool = False
+    weights_step: int | None = None  # the step whose weights are the result, when not the last (best restored)
     peak_memory_bytes: int = 0

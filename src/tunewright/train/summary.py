@@ -42,6 +42,7 @@ def build_summary(result: LoopResult, wall_seconds: float, params, cfg) -> dict:
         "best_checkpoint": s.best_checkpoint,
         "best_step": s.best_step,
         "stopped_early": result.stopped_early,
+        "weights_step": result.weights_step or s.step,  # adapter/ or model/ hold this step's weights
     }
 
 
