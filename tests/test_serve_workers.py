@@ -52,7 +52,7 @@ def _queued(store, n: int) -> list[str]:
 @needs_postgres
 def test_concurrent_claims_take_each_job_once_in_order(database):
     """Four connections claiming at once share 40 jobs: none twice, none left, each worker oldest first."""
-    from tunewright.serve.jobs_store import open_store
+    from tunewright.serve.jobs_store_pg import open_store
 
     stores = [open_store(database) for _ in range(4)]  # four connections also create the schema at once
     ids = _queued(stores[0], 40)
@@ -85,7 +85,7 @@ def test_a_claim_skips_a_job_another_worker_is_claiming(database):
     once: FOR UPDATE SKIP LOCKED. Without it the second worker waits on the row lock, then gets nothing."""
     import psycopg
 
-    from tunewright.serve.jobs_store import open_store
+    from tunewright.serve.jobs_store_pg import open_store
 
     store = open_store(database)
     store.add_job({"id": "ftjob-lock-a", "model": "m", "status": "queued", "created_at": 1})

@@ -59,12 +59,13 @@ def export(run: str, fmt: str = "hf", quant: str = "f16", output: str | None = N
 
 
 def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          database: str | None = None, max_batch_size: int = 16, engine: str = "torch", runs_dir: str | None = None) -> None:
+          database: str | None = None, max_batch_size: int = 16, engine: str = "torch", runs_dir: str | None = None,
+          storage: str | None = None) -> None:
     """Serve runs, adapters or models with an OpenAI-compatible API (and the jobs API) until interrupted."""
     from .serve import serve as _serve
 
     return _serve(models, host=host, port=port, api_key=api_key, database=database, max_batch_size=max_batch_size,
-                  engine=engine, runs_dir=runs_dir)
+                  engine=engine, runs_dir=runs_dir, storage=storage)
 
 
 # public functions that share their name with a subpackage (tunewright.train is also tunewright/train/)

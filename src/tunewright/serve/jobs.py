@@ -30,7 +30,8 @@ from .jobs_request import (
     method_type_of,
 )
 from .jobs_runner import JobRunner, fine_tuned_id, job_config
-from .jobs_store import ACTIVE, JobStore, new_id, now, open_store, page
+from .jobs_store import ACTIVE, JobStore, new_id, now, page
+from .jobs_store_pg import open_store
 from .registry import BASE_ADAPTER, Registry, ServedModel
 
 UPLOAD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")

@@ -67,15 +67,6 @@ def is_postgres(url: str | None) -> bool:
     return bool(url) and url.split(":", 1)[0] in ("postgresql", "postgres")
 
 
-def open_store(url: str | None = None, storage: str | Path | None = None) -> JobStore:
-    """The store a database URL names; `storage` is the folder for uploads and runs (shared by all workers)."""
-    if is_postgres(url):
-        from .jobs_store_pg import PostgresJobStore
-
-        return PostgresJobStore(url, storage)
-    return JobStore(url, storage)
-
-
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 

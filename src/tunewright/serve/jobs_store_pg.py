@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .jobs_store import ADDED_COLUMNS, JobStore
+from .jobs_store import ADDED_COLUMNS, JobStore, is_postgres
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -94,3 +94,13 @@ def _without_password(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def open_store(url: str | None = None, storage: str | Path | None = None) -> JobStore:
+    """The store a database URL names; `storage` is the folder for uploads and runs (shared by all workers).
+
+    Here rather than in jobs_store.py, which this module builds on: no import circle between the two.
+    """
+    if is_postgres(url):
+        return PostgresJobStore(url, storage)
+    return JobStore(url, storage)

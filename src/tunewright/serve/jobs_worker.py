@@ -15,7 +15,8 @@ import threading
 
 from ..errors import UserError
 from .jobs_runner import HEARTBEAT_SECONDS, JobRunner, fine_tuned_id
-from .jobs_store import is_postgres, open_store
+from .jobs_store import is_postgres
+from .jobs_store_pg import open_store
 
 
 def local_devices() -> int:
