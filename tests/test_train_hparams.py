@@ -11,6 +11,7 @@ from tunewright.train.hparams import (
     auto_batch_size,
     auto_epochs,
     auto_eval_every,
+    auto_eval_examples,
     epoch_ceiling,
     resolve_with_reasons,
 )
@@ -53,6 +54,23 @@ def test_evaluation_costs_at_most_a_tenth_of_training_and_happens_every_epoch():
     huge_validation = DataShape(1_200, 3_600, 260 * 1_200, 5_000, 260 * 5_000)
     assert auto_eval_every(huge_validation, batch_size=8, steps=900)[0] == 150  # once an epoch, not rarer
     assert auto_eval_every(DataShape(1_200), batch_size=8, steps=900)[0] == 180  # no validation: five times
+
+
+def test_a_validation_set_too_large_for_a_tenth_is_sampled_to_fit():
+    huge_validation = DataShape(1_200, 3_600, 260 * 1_200, 5_000, 260 * 5_000)
+    every, _ = auto_eval_every(huge_validation, batch_size=8, steps=900)
+    sample, reason = auto_eval_examples(huge_validation, batch_size=8, eval_every=every)
+    assert 100 <= sample < 5_000 and "sample" in reason
+    assert (sample * 260 / 3) / (every * 8 * 260) <= 0.10 + 1e-9
+    assert auto_eval_examples(CLASSIFY, 8, auto_eval_every(CLASSIFY, 8, 900)[0])[0] is None  # all 200 rows fit
+
+
+def test_the_validation_sample_is_the_same_rows_at_every_evaluation():
+    from tunewright.train.loop import validation_ids
+
+    assert validation_ids(10, None, 42) == list(range(10))
+    a = validation_ids(5_000, 150, 42)
+    assert a == validation_ids(5_000, 150, 42) and len(set(a)) == 150 and a == sorted(a)
 
 
 def test_auto_with_validation_trains_to_a_ceiling_and_early_stops():

@@ -70,6 +70,8 @@ class TrainConfig(_Section):
     # auto: stop after ~1 epoch of evaluations without a better validation loss, when epochs is auto
     # and there is validation data (train.hparams); null: never
     early_stopping_patience: int | Auto | None = "auto"
+    # validation rows the loss pass uses (a seeded sample); auto: all, unless that would cost > 10% of training
+    eval_examples: int | Auto | None = "auto"
     log_every: int = Field(1, ge=1)
     seed: int = 42
     report_to: list[str] = Field(default_factory=list)
@@ -139,6 +141,7 @@ class ResolvedTrainConfig(TrainConfig):
     save_every: int
     threads: int
     early_stopping_patience: int | None
+    eval_examples: int | None
 
 
 class ResolvedPreferenceConfig(PreferenceConfig):

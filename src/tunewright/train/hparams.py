@@ -16,6 +16,8 @@ the CLI prints them. The rules (also in the README):
 - eval_every: as often as keeps the validation-loss pass under 10% of training time (a forward
   pass costs about a third of forward+backward per token), and at least once per epoch; without
   validation data, about five times per run.
+- eval_examples: every validation row, unless a pass every eval_every steps would still cost more
+  than 10%: then a seeded sample that fits (at least 100 rows).
 - early_stopping_patience: evaluations covering about one epoch (at least 2), with validation
   data and `epochs: auto`; off otherwise.
 - learning_rate: 2e-4 for LoRA/DoRA/QLoRA, 1e-4 for freeze, 2e-5 for full (1e-5 above 1B parameters).
@@ -57,6 +59,7 @@ MIN_STEPS = 300  # optimizer steps worth having before batches grow
 FEW_TRAINED_TOKENS = 16  # per example: one-word answers and labels
 EVAL_SHARE = 0.10  # the most of training time the validation-loss pass may take
 FORWARD_SHARE = 1 / 3  # a forward pass's cost per token against forward+backward
+MIN_EVAL_EXAMPLES = 100  # a sampled validation loss on fewer rows is too noisy to stop on
 
 
 @dataclass(frozen=True)
@@ -131,19 +134,34 @@ def auto_learning_rate(method: str, n_params: int, objective: str = "sft") -> fl
     return 1e-5 if n_params > 1_000_000_000 else 2e-5
 
 
+def eval_pass_in_steps(shape: DataShape, batch_size: int) -> float:
+    """One validation-loss pass over every validation example, in training steps."""
+    step_tokens = batch_size * max(shape.tokens_per_example, 1.0)
+    return FORWARD_SHARE * shape.validation_tokens / step_tokens
+
+
 def auto_eval_every(shape: DataShape, batch_size: int, steps: int) -> Choice:
     """Validation loss <= 10% of training time, at least once an epoch; ~5 times a run without validation."""
     if not shape.validation_examples:
         every = max(1, steps // 5)
         return every, f"{every}: about five evaluations in {steps} steps"
     per_epoch = steps_per_epoch_of(shape.examples, batch_size)
-    step_tokens = batch_size * max(shape.tokens_per_example, 1.0)
-    eval_in_steps = FORWARD_SHARE * shape.validation_tokens / step_tokens  # one validation pass, in training steps
+    eval_in_steps = eval_pass_in_steps(shape, batch_size)
     every = max(1, math.ceil(eval_in_steps / EVAL_SHARE))
     if every <= per_epoch:
         return every, (f"{every}: a validation pass ({shape.validation_tokens:,} tokens) costs ~{eval_in_steps:.1f} steps, "
                        f"<= {EVAL_SHARE:.0%} of training")
-    return per_epoch, f"{per_epoch}: once an epoch (the {shape.validation_tokens:,}-token validation pass costs more than {EVAL_SHARE:.0%})"
+    return per_epoch, f"{per_epoch}: once an epoch, on a sample of the validation rows (see eval_examples)"
+
+
+def auto_eval_examples(shape: DataShape, batch_size: int, eval_every: int) -> Choice:
+    """All validation rows, or a sample small enough that a pass every `eval_every` steps costs <= 10% (>= 100 rows)."""
+    n = shape.validation_examples
+    eval_in_steps = eval_pass_in_steps(shape, batch_size)
+    if not n or eval_in_steps <= EVAL_SHARE * eval_every:
+        return None, f"all: {n} rows, <= {EVAL_SHARE:.0%} of training time" if n else "no validation data"
+    sample = min(n, max(MIN_EVAL_EXAMPLES, math.floor(n * EVAL_SHARE * eval_every / eval_in_steps)))
+    return sample, f"{sample} of {n} rows (seeded sample): the whole set every {eval_every} steps would cost {eval_in_steps / eval_every:.0%}"
 
 
 def auto_patience(steps_in_epoch: int, eval_every: int) -> Choice:
@@ -273,6 +291,8 @@ def resolve_with_reasons(cfg: RunConfig, data: DataShape | int, n_params: int,
         else:
             off = "no validation data" if not shape.validation_examples else "the run's length is set (epochs or max_steps)"
             choose(t, "early_stopping_patience", None, f"off: {off}")
+    if t.eval_examples == "auto":
+        choose(t, "eval_examples", *auto_eval_examples(shape, int(t.batch_size), int(t.eval_every)))
     if t.save_every == "auto":
         choose(t, "save_every", t.eval_every, f"{t.eval_every}: with each evaluation")
     if t.threads == "auto":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import time
 from pathlib import Path
 
@@ -165,7 +166,7 @@ def run_training(model, train: list, validation: list, cfg: ResolvedRunConfig,
         best_weights = _resumed_best_weights(resumed) if t.early_stopping_patience else None
     metrics_file = metrics_path(run_dir)
     truncate_metrics(metrics_file, state.step)
-    val_batches = objective.batches("validation", list(range(len(validation)))) if validation else []
+    val_batches = objective.batches("validation", validation_ids(len(validation), t.eval_examples, t.seed)) if validation else []
     result = LoopResult(state)
     rank, world = accelerator.process_index, accelerator.num_processes
     progress = TrainProgress(total, start=state.step, enabled=accelerator.is_main_process)
@@ -232,6 +233,13 @@ def run_training(model, train: list, validation: list, cfg: ResolvedRunConfig,
         result.weights_step = state.best_step
     result.peak_memory_bytes = peak_memory_bytes(device)
     return result
+
+
+def validation_ids(n: int, sample: int | None, seed: int) -> list[int]:
+    """The validation rows the loss pass uses: all, or the same seeded sample at every evaluation."""
+    if sample is None or sample >= n:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), sample))
 
 
 def _diverged(step_loss: float, step: int, run_dir: Path) -> TrainingDiverged:
