@@ -135,3 +135,15 @@ def test_a_first_trial_that_fails_ends_the_sweep_with_the_trainers_message(tmp_p
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "trial 0 failed" in out.stderr and "no-such-model" in out.stderr
     assert [t["state"] for t in json.loads((tmp_path / "sw" / "sweep.json").read_text())["trials"]] == ["failed"]
+
+
+@pytest.mark.parametrize(("summary", "kept"), [
+    ({"stopped_early": False, "best_step": 4, "weights_step": 8, "best_eval_loss": 1.0, "final_eval_loss": 1.5}, 1.5),
+    ({"stopped_early": False, "best_step": 4, "weights_step": 4, "best_eval_loss": 1.0, "final_eval_loss": 1.5}, 1.0),
+    ({"stopped_early": True, "best_step": 4, "best_eval_loss": 1.0, "final_eval_loss": 1.5}, 1.0),
+])
+def test_a_trial_is_scored_by_the_validation_loss_of_the_weights_it_kept(tmp_path, summary, kept):
+    from tunewright.sweep.trial import kept_eval_loss
+
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert kept_eval_loss(tmp_path, [(1.0, 1.0), (2.0, 1.5)]) == kept

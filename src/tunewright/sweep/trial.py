@@ -88,7 +88,8 @@ def kept_eval_loss(run_dir: Path, evals: list[tuple[float, float]]) -> float | N
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         return evals[-1][1] if evals else None
-    key = "best_eval_loss" if summary.get("stopped_early") else "final_eval_loss"
+    best_kept = summary.get("stopped_early") or (summary.get("best_step") is not None and summary.get("weights_step") == summary.get("best_step"))
+    key = "best_eval_loss" if best_kept else "final_eval_loss"
     return summary.get(key) if summary.get(key) is not None else (evals[-1][1] if evals else None)
 
 
