@@ -67,7 +67,9 @@ def train_and_evaluate(cfg: RunConfig, resume: bool = False) -> RunResult:
         conversations, pairs = preference if preference is not None else (held_out_conversations(result), None)
         if conversations:
             from .evaluate import evaluate_after_training
+            from .train.validation import LossSettings
 
             result.eval_results = evaluate_after_training(result.run_dir, result.model, result.tokenizer, conversations,
-                                                          result.config.eval, result.config.model, pairs=pairs)
+                                                          result.config.eval, result.config.model, pairs=pairs,
+                                                          loss=LossSettings.of(result.config))
     return result

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..data.conversation import Conversation
+from ..train.validation import LossSettings
 from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_bootstrap
 from .generate import Answer, SamplingSettings, generate_answers
 from .loss import reference_loss_stats
@@ -44,6 +45,7 @@ class EvalSettings:
     seed: int = DEFAULT_SEED
     confidence: float = 0.95
     scorer: str | None = None  # "module:function", recorded for the report
+    loss: LossSettings = field(default_factory=LossSettings)  # the run's tokenization for the loss
 
 
 @dataclass
@@ -90,7 +92,7 @@ def score_side(side: Side, test: HeldOut, settings: EvalSettings, scorer: UserSc
     with side.active() as model:
         if test.pairs is not None:
             logps = pair_logps(model, test.pairs.pairs, side.tokenizer.pad_token_id, description=f"{side.key}: pairs")
-        loss = reference_loss_stats(model, side.tokenizer, test.conversations, description=f"{side.key}: loss")
+        loss = reference_loss_stats(model, side.tokenizer, test.conversations, settings.loss, description=f"{side.key}: loss")
         answers = generate_answers(model, side.tokenizer, test.prompts, settings.sampling, description=f"{side.key}: answers")
     texts = [a.text for a in answers]
     per_example = [example_scores(ref, text) for ref, text in zip(test.references, texts)]
@@ -233,7 +235,7 @@ def _settings_dict(settings: EvalSettings) -> dict:
     return {
         "max_new_tokens": s.max_new_tokens, "temperature": s.temperature, "top_p": s.top_p,
         "decoding": "sampling" if s.temperature > 0 else "greedy", "batch_size": s.batch_size,
-        "limit": settings.limit, "scorer": settings.scorer,
+        "limit": settings.limit, "scorer": settings.scorer, "loss": asdict(settings.loss),
         "bootstrap": {"resamples": settings.resamples, "seed": settings.seed, "confidence": settings.confidence},
     }
 

@@ -18,8 +18,9 @@ from rich.console import Console
 from ..data.conversation import Conversation
 from ..errors import UserError
 from ..models import describe_run
+from ..train.validation import LossSettings
 from .generate import SamplingSettings
-from .loss import max_context
+from .loss import max_context, run_loss_settings
 from .metrics import load_scorer
 from .preference import (
     HeldOutPairs,
@@ -53,14 +54,15 @@ def evaluate(
 ) -> dict:
     """Evaluate a run or model on held-out examples (against its base for runs); returns results.json's content."""
     paths = [str(data)] if isinstance(data, (str, Path)) else [str(p) for p in data]
-    settings = EvalSettings(SamplingSettings(max_new_tokens, temperature, top_p, batch_size, seed), limit, resamples, seed, scorer=scorer)
+    run_dir = run_folder(run_or_model)
+    settings = EvalSettings(SamplingSettings(max_new_tokens, temperature, top_p, batch_size, seed), limit, resamples, seed,
+                            scorer=scorer, loss=run_loss_settings(run_dir))
     check_settings(settings)
     scorer_fn = load_scorer(scorer) if scorer else None
     files = read_test_files(paths)
     rows = apply_limit(load_test_pairs(files, " ".join(paths)), limit) if is_preference(files) else None
     conversations = apply_limit(load_test_conversations(paths, files), limit) if rows is None else []
     sides = load_sides(run_or_model, default_compare_base(run_or_model, compare_base))
-    run_dir = run_folder(run_or_model)
     pairs = None
     if rows is not None:
         tuned = sides[-1]
@@ -79,16 +81,17 @@ def evaluate(
 
 
 def evaluate_after_training(run_dir: str | Path, model, tokenizer, conversations: list[Conversation], cfg_eval: Any, base_spec: str,
-                            pairs: HeldOutPairs | None = None) -> dict:
+                            pairs: HeldOutPairs | None = None, loss: LossSettings | None = None) -> dict:
     """Compare the just-trained model with its base, reusing the loaded model (adapter off for the base).
 
     `cfg_eval` is the run config's `eval` section (EvalConfig or a dict); the caller decides whether to
     run at all (`eval.after_train`). With `pairs`, `conversations` are their prompt + chosen answer, in the
-    same order. Returns results.json's content, or {} when nothing could be scored.
+    same order. `loss`: the run's tokenization for the loss (LossSettings.of its config). Returns
+    results.json's content, or {} when nothing could be scored.
     """
     get = (lambda k, d: cfg_eval.get(k, d)) if isinstance(cfg_eval, dict) else (lambda k, d: getattr(cfg_eval, k, d))
     sampling = SamplingSettings(get("max_new_tokens", 256), get("temperature", 0.0), get("top_p", 1.0), get("batch_size", 8))
-    settings = EvalSettings(sampling, get("limit", None))
+    settings = EvalSettings(sampling, get("limit", None), loss=loss or LossSettings())
     check_settings(settings)
     if pairs is not None:  # every chosen conversation is scorable: keep them aligned with their pairs
         examples = apply_limit(conversations, settings.limit)

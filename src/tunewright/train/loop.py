@@ -29,10 +29,17 @@ from .batching import (
     steps_per_epoch,
 )
 from .hparams import total_steps
-from .loss import head_parts, select_trained_positions, token_loss_sum
+from .loss import head_parts, select_trained_positions, token_loss_sum, token_losses
 from .metrics_log import append_metrics, metrics_path, truncate_metrics
 from .progress import TrainProgress, peak_memory_bytes
 from .state import LoopResult, TrainState
+from .validation import (
+    LossSettings,
+    ScoredBatch,
+    example_loss_sums,
+    mean_loss,
+    scored_batches,
+)
 
 
 class TrainingDiverged(UserError):
@@ -53,7 +60,10 @@ class TokenLoss(torch.nn.Module):
         # a plain tuple, so the backbone is not registered (and its parameters listed) twice
         self._parts = parts or (None, None)
 
-    def forward(self, input_ids, position_ids, labels):
+    def forward(self, input_ids, position_ids, labels, seq_ids=None, n_seqs: int = 0):
+        """The summed loss; with `seq_ids` (B, T) (no gradient), the (n_seqs,) sums per sequence instead."""
+        if seq_ids is not None:
+            return self._per_sequence(input_ids, position_ids, labels, seq_ids, n_seqs)
         if self.fast:
             backbone, head = self._parts
             hidden = backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
@@ -61,6 +71,18 @@ class TokenLoss(torch.nn.Module):
             return token_loss_sum(h, head.weight, targets, head.bias)
         logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), reduction="sum", ignore_index=-100)
+
+    def _per_sequence(self, input_ids, position_ids, labels, seq_ids, n_seqs: int) -> torch.Tensor:
+        keep = labels[:, 1:] != -100
+        if self.fast:
+            backbone, head = self._parts
+            hidden = backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+            h, targets = select_trained_positions(hidden, labels)
+            losses = token_losses(h, head.weight, targets, head.bias)
+        else:
+            logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[:, :-1][keep].float()
+            losses = F.cross_entropy(logits, labels[:, 1:][keep], reduction="none")
+        return torch.zeros(n_seqs, dtype=torch.float32, device=losses.device).index_add(0, seq_ids[:, 1:][keep], losses)
 
 
 def make_scheduler(optimizer, name: str, warmup: int, total: int):
@@ -81,18 +103,10 @@ def _batches(examples: list[TokenizedExample], cfg: ResolvedRunConfig, pad_id: i
     return micro_batches(examples, pad_id, budget, cfg.data.packing, row_len)
 
 
-def evaluate_loss(loss_module, batches: list[MicroBatch], device) -> float:
-    """Mean loss per trained token over the validation set."""
-    was_training = loss_module.training
-    loss_module.eval()
-    total = torch.zeros((), device=device)
-    tokens = 0
-    with torch.no_grad():
-        for mb in batches:
-            total += loss_module(mb.input_ids.to(device), mb.position_ids.to(device), mb.labels.to(device)).float()
-            tokens += mb.trained_tokens
-    loss_module.train(was_training)
-    return (total / max(tokens, 1)).item()
+def evaluate_loss(loss_module, batches: list[ScoredBatch], device) -> float:
+    """Mean loss per trained token over the validation set (validation.py: the same function `tunewright eval` uses)."""
+    n_examples = sum(len(sb.example_ids) for sb in batches)
+    return mean_loss(example_loss_sums(loss_module, batches, n_examples, device))
 
 
 class TokenObjective:
@@ -111,6 +125,10 @@ class TokenObjective:
     def batches(self, split: str, ids: list[int]) -> list[MicroBatch]:
         return _batches([self.data[split][i] for i in ids], self.cfg, self.pad_id)
 
+    def validation_batches(self, ids: list[int]) -> list[ScoredBatch]:
+        """Validation examples `ids` as the loss scores them, each token tagged with its example."""
+        return scored_batches([self.data["validation"][i] for i in ids], self.pad_id, LossSettings.of(self.cfg))
+
     def idle(self) -> MicroBatch:
         return idle_micro_batch(self.pad_id)
 
@@ -120,7 +138,7 @@ class TokenObjective:
     def loss(self, module, mb: MicroBatch, device) -> tuple[torch.Tensor, None]:
         return module(mb.input_ids.to(device), mb.position_ids.to(device), mb.labels.to(device)), None
 
-    def evaluate(self, module, batches: list[MicroBatch], device) -> dict:
+    def evaluate(self, module, batches: list[ScoredBatch], device) -> dict:
         return {"eval_loss": evaluate_loss(module, batches, device)}
 
     def step_metrics(self, accelerator, stats, weight: int) -> dict:
@@ -166,7 +184,7 @@ def run_training(model, train: list, validation: list, cfg: ResolvedRunConfig,
         best_weights = _resumed_best_weights(resumed) if t.early_stopping_patience else None
     metrics_file = metrics_path(run_dir)
     truncate_metrics(metrics_file, state.step)
-    val_batches = objective.batches("validation", validation_ids(len(validation), t.eval_examples, t.seed)) if validation else []
+    val_batches = objective.validation_batches(validation_ids(len(validation), t.eval_examples, t.seed)) if validation else []
     result = LoopResult(state)
     rank, world = accelerator.process_index, accelerator.num_processes
     progress = TrainProgress(total, start=state.step, enabled=accelerator.is_main_process)

@@ -72,6 +72,9 @@ class PreferenceObjective:
                 mb.reference = self.tables[split][mb.pair_ids]
         return mbs
 
+    def validation_batches(self, ids: list[int]) -> list[PairMicroBatch]:
+        return self.batches("validation", ids)
+
     def idle(self) -> PairMicroBatch:
         mb = idle_pair_micro_batch(self.pad_id)
         mb.reference = torch.zeros(0, 2)
