@@ -6,11 +6,13 @@ has: config.yaml, metrics.jsonl with eval_loss, adapter/, eval/results.json and 
 from __future__ import annotations
 
 import json
-import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import write_jsonl
+
+DASHBOARD_KEY = "dashboard-key"
 
 
 def sum_rows(n: int, start: int = 0) -> list[dict]:
@@ -24,16 +26,6 @@ def bad_file(path: Path) -> Path:
     lines[2] = json.dumps({"messages": "nope"})
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def start_dashboard_server(tmp: Path, model_dir: Path, runs: Path, key: str) -> tuple[subprocess.Popen, str]:
-    """`tunewright serve MODEL --runs RUNS --api-key KEY` with the jobs API on (its database in `tmp`); (process, base URL)."""
-    from test_serve import free_port, start_server
-
-    port = free_port()
-    proc = start_server([str(model_dir), "--runs", str(runs), "--api-key", key, "--database", f"sqlite:///{tmp / 'jobs.db'}"],
-                        port, tmp / "server.log", {"TUNEWRIGHT_JOBS": "1"})
-    return proc, f"http://127.0.0.1:{port}"
 
 
 def train_cli_run(runs: Path, name: str, model_dir: Path, data: Path, val: Path, learning_rate: float) -> Path:
@@ -55,3 +47,19 @@ def cli_runs(tmp_path_factory, tiny_model_dir) -> Path:
     runs = root / "runs"
     train_cli_run(runs, "cli-a", tiny_model_dir, data, val, 2e-4)
     return runs
+
+
+@pytest.fixture(scope="session")
+def dashboard_server(tmp_path_factory, tiny_model_dir, cli_runs) -> Iterator[str]:
+    """`tunewright serve MODEL --runs RUNS --api-key DASHBOARD_KEY` with the jobs API on; its base URL.
+
+    One server for the HTTP and the browser tests: starting it costs more than either module's checks.
+    """
+    from test_serve import free_port, start_server, stop_server
+
+    tmp = tmp_path_factory.mktemp("dashboard-server")
+    port = free_port()
+    proc = start_server([str(tiny_model_dir), "--runs", str(cli_runs), "--api-key", DASHBOARD_KEY,
+                         "--database", f"sqlite:///{tmp / 'jobs.db'}"], port, tmp / "server.log", {"TUNEWRIGHT_JOBS": "1"})
+    yield f"http://127.0.0.1:{port}"
+    stop_server(proc)

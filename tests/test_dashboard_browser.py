@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 from conftest import write_jsonl
-from dashboard_fixtures import bad_file, cli_runs, start_dashboard_server, sum_rows  # noqa: F401
+from dashboard_fixtures import DASHBOARD_KEY as KEY
+from dashboard_fixtures import bad_file, cli_runs, dashboard_server, sum_rows  # noqa: F401
 from test_eval_report import BROWSER_FLAGS, CHROMEDRIVER, CHROMIUM
-from test_serve import stop_server
 
 pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
                                 reason="chromium and chromium-driver are not installed (`make browser` installs them)")
-KEY = "browser-key"
 WIDTHS = ((1280, 800), (375, 800))
 CONTROL_ROLES = {"button", "textbox", "combobox", "checkbox", "spinbutton", "link", "listbox", "radio", "slider", "searchbox"}
 
@@ -85,13 +84,12 @@ def unlabelled_controls(driver) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory, tiny_model_dir, cli_runs):  # noqa: F811
+def page(tmp_path_factory, dashboard_server):  # noqa: F811
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
     tmp = tmp_path_factory.mktemp("dash-browser")
-    proc, base = start_dashboard_server(tmp, tiny_model_dir, cli_runs, KEY)
     options = Options()
     options.binary_location = str(CHROMIUM)
     for flag in (*BROWSER_FLAGS, f"--user-data-dir={tmp / 'profile'}", "--window-size=1280,800"):
@@ -101,10 +99,9 @@ def page(tmp_path_factory, tiny_model_dir, cli_runs):  # noqa: F811
     shots = Path(os.environ.get("TUNEWRIGHT_ARTIFACTS") or tmp / "screenshots") / "dashboard"
     shots.mkdir(parents=True, exist_ok=True)
     try:
-        yield Page(driver, base, shots)
+        yield Page(driver, dashboard_server, shots)
     finally:
         driver.quit()
-        stop_server(proc)
 
 
 def test_key_is_asked_once_and_a_wrong_key_says_so(page):

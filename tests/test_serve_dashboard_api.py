@@ -10,20 +10,15 @@ import zipfile
 import httpx
 import pytest
 from conftest import write_jsonl
-from dashboard_fixtures import bad_file, cli_runs, start_dashboard_server, sum_rows  # noqa: F401
-from test_serve import free_port, stop_server
-
-KEY = "dash-key"
+from dashboard_fixtures import DASHBOARD_KEY as KEY
+from dashboard_fixtures import bad_file, cli_runs, dashboard_server, sum_rows  # noqa: F401
+from test_serve import free_port
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory, tiny_model_dir, cli_runs):  # noqa: F811
-    tmp = tmp_path_factory.mktemp("dash-api")
-    proc, base = start_dashboard_server(tmp, tiny_model_dir, cli_runs, KEY)
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as client:
-        client.tmp = tmp
+def api(dashboard_server):  # noqa: F811
+    with httpx.Client(base_url=dashboard_server, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as client:
         yield client
-    stop_server(proc)
 
 
 def upload(api, name: str, data: bytes) -> dict:
