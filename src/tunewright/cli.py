@@ -206,11 +206,17 @@ def estimate(
     micro_batch: int = typer.Option(1, "--micro-batch"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="A config key that changes the count: --set lora.r=8, "
                                              "--set lora.target_modules=[q_proj,v_proj], --set freeze.trainable_layers=4"),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="Devices: adds memory per device under --strategy"),
+    strategy: str = typer.Option("ddp", "--strategy", help="ddp (replicated), fsdp or zero3 (sharded)"),
+    tokens: Optional[int] = typer.Option(None, "--tokens", help="Training tokens (rows x tokens x epochs): adds a time estimate"),
+    tflops: Optional[float] = typer.Option(None, "--tflops", help="Sustained TFLOP/s per device (stated)"),
+    tokens_per_s: Optional[float] = typer.Option(None, "--tokens-per-s", help="Tokens/s per device (measured)"),
 ):
     """Estimate memory for a model, method and sequence length, from the model's config alone (no weights)."""
     from .train.estimate import estimate as run_estimate
 
-    run_estimate(model, method=method, seq_len=seq_len, gpu_memory=gpu_memory, micro_batch=micro_batch, overrides=set_ or [])
+    run_estimate(model, method=method, seq_len=seq_len, gpu_memory=gpu_memory, micro_batch=micro_batch, overrides=set_ or [],
+                 gpus=gpus, strategy=strategy, tokens=tokens, tflops=tflops, tokens_per_s=tokens_per_s)
 
 
 @app.command()

@@ -12,6 +12,7 @@ Rule-of-thumb accounting (bytes per parameter), stated so users can check it:
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -20,6 +21,13 @@ from rich.table import Table
 from ..config import RunConfig, load_config
 from ..errors import UserError
 from ..models import describe_run, resolve_model
+from .estimate_scale import (
+    Shape,
+    check_strategy,
+    flops_per_token,
+    per_device_bytes,
+    training_seconds,
+)
 from .methods import ParamCounts, apply_method, count_parameters, is_adapter_method
 
 GB = 1024**3
@@ -89,10 +97,18 @@ def estimate_bytes(params: ParamCounts, hidden: int, layers: int, method: str, s
 
 
 def estimate(model: str, method: str = "lora", seq_len: int = 1024, gpu_memory: str | None = None, micro_batch: int = 1,
-             overrides: list[str] | None = None) -> dict:
-    """Print and return the estimate; `overrides` are `--set` strings (lora.r, lora.target_modules, freeze.trainable_layers...)."""
+             overrides: list[str] | None = None, gpus: int | None = None, strategy: str = "ddp", tokens: int | None = None,
+             tflops: float | None = None, tokens_per_s: float | None = None) -> dict:
+    """Print and return the estimate; `overrides` are `--set` strings (lora.r, lora.target_modules, freeze.trainable_layers...).
+
+    With `gpus`, also memory per device under `strategy` and, with `tokens`, the training time (estimate_scale.py).
+    """
     if method not in ("lora", "dora", "qlora", "full", "freeze"):
         raise UserError(f"--method {method}: unknown", "use lora, dora, qlora, full or freeze")
+    if gpus is None and tokens:
+        gpus = 1  # a time estimate alone: one device
+    if gpus is not None:
+        check_strategy(gpus, strategy)
     cfg = load_config(overrides=overrides or [], model=model, method=method)
     config = model_config(model, cfg.trust_remote_code)
     params = parameter_counts(config, cfg)
@@ -115,7 +131,35 @@ def estimate(model: str, method: str = "lora", seq_len: int = 1024, gpu_memory: 
         for ckpt, label in ((False, "as is"), (True, "with train.gradient_checkpointing=true")):
             fits = rows[ckpt]["total"] <= limit
             console.print(f"{'fits' if fits else 'does not fit'} in {limit / GB:.0f} GB {label}")
-    return {"parameters": params.total, "estimate": rows[False], "with_checkpointing": rows[True]}
+    out = {"parameters": params.total, "estimate": rows[False], "with_checkpointing": rows[True]}
+    if gpus is not None:
+        shape = Shape(params, text.hidden_size, layers, method, seq_len, micro_batch)
+        out.update(_print_scale(console, shape, gpus, strategy, limit, tokens, tflops, tokens_per_s))
+    return out
+
+
+def _print_scale(console: Console, shape: Shape, gpus: int, strategy: str, limit: float | None,
+                 tokens: int | None, tflops: float | None, tokens_per_s: float | None) -> dict:
+    """The per-device table for --gpus/--strategy, and the time for --tokens."""
+    rows = {ckpt: per_device_bytes(replace(shape, checkpointing=ckpt), gpus, strategy) for ckpt in (False, True)}
+    table = Table(title=f"per device: {gpus} GPU(s), {strategy}")
+    table.add_column("")
+    table.add_column("no checkpointing", justify="right")
+    table.add_column("gradient checkpointing", justify="right")
+    for key in ("weights", "gradients", "optimizer", "gathered_blocks", "activations", "overhead", "total"):
+        table.add_row(key.replace("_", " "), f"{rows[False][key] / GB:.2f} GB", f"{rows[True][key] / GB:.2f} GB")
+    console.print(table)
+    if limit:
+        console.print(f"per device: {'fits' if rows[False]['total'] <= limit else 'does not fit'} in {limit / GB:.0f} GB as is, "
+                      f"{'fits' if rows[True]['total'] <= limit else 'does not fit'} with gradient checkpointing")
+    out = {"per_device": rows[False], "per_device_with_checkpointing": rows[True]}
+    if tokens:
+        seconds = training_seconds(tokens, shape.params, shape.method, gpus, tflops, tokens_per_s)
+        basis = f"{tokens_per_s:,.0f} tokens/s per device" if tokens_per_s else \
+            f"{tflops:g} TFLOP/s per device, {flops_per_token(shape.params, shape.method):.3g} FLOPs per token"
+        console.print(f"time: {tokens:,} tokens on {gpus} device(s) at {basis}: {seconds / 3600:.2f} h (communication not counted)")
+        out["seconds"] = seconds
+    return out
 
 
 def _method_label(cfg: RunConfig) -> str:
