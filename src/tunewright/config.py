@@ -78,6 +78,24 @@ class TrainConfig(_Section):
     threads: int | Auto = "auto"
     # learning_rate: auto measured by a short range test on the data (train.lr_range, lr_range.png) instead of the rule
     lr_range_test: bool = False
+    # how several processes (torchrun / accelerate launch) split the work; see train/distributed.py
+    distributed: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
+
+
+class FsdpConfig(_Section):
+    """PyTorch FSDP2 through Accelerate (train.distributed=fsdp): weights, gradients and optimizer state sharded."""
+
+    reshard_after_forward: bool = True  # free gathered weights after each block's forward (ZeRO-3-like); false keeps them (ZeRO-2-like, faster)
+    cpu_offload: bool = False  # sharded weights and optimizer state live in CPU memory between uses
+    wrap: Literal["transformer_block", "size"] = "transformer_block"  # one shard group per decoder block, or per min_num_params
+    min_num_params: int = Field(100_000_000, ge=1)  # only with wrap=size
+
+
+class DeepSpeedConfig(_Section):
+    """DeepSpeed ZeRO through Accelerate (train.distributed=deepspeed; needs `pip install deepspeed`)."""
+
+    stage: Literal[2, 3] = 3  # 2 shards gradients + optimizer state; 3 shards the weights too
+    offload: Literal["none", "cpu"] = "none"  # optimizer state (and, at stage 3, weights) in CPU memory
 
     @model_validator(mode="before")
     @classmethod
@@ -115,6 +133,8 @@ class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     freeze: FreezeConfig = Field(default_factory=FreezeConfig)
+    fsdp: FsdpConfig = Field(default_factory=FsdpConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output_dir: str | None = None
@@ -142,6 +162,7 @@ class ResolvedTrainConfig(TrainConfig):
     threads: int
     early_stopping_patience: int | None
     eval_examples: int | None
+    distributed: Literal["ddp", "fsdp", "deepspeed"]  # train.distributed.resolve_strategy runs first
 
 
 class ResolvedPreferenceConfig(PreferenceConfig):

@@ -26,6 +26,14 @@ from rich.markup import escape
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
+from .distributed import (
+    Gathered,
+    is_sharded,
+    load_gathered,
+    optimizer_state_by_index,
+    optimizer_state_by_name,
+    trainable_names,
+)
 from .state import TrainState
 from .writes import WriteFailed, os_error_of, remove_quietly, replace_folder
 
@@ -70,8 +78,11 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, trainer_state: TrainState,
-                    best_weights: dict[str, torch.Tensor] | None = None) -> Path:
+                    best_weights: dict[str, torch.Tensor] | None = None, gathered: Gathered | None = None) -> Path:
     """Write checkpoints/step-N atomically, with a manifest; returns its path.
+
+    `gathered` holds a sharded (FSDP) model's full weights and name-keyed optimizer state, written
+    instead of the model's and optimizer's own (which are only this process's shards).
 
     A failed write (a full disk) removes the temporary folder and raises WriteFailed: the
     checkpoints already there are untouched.
@@ -83,19 +94,20 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, train
         for stale in root.glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
-        _write_checkpoint_files(tmp, step, model, optimizer, scheduler, trainer_state, best_weights)
+        _write_checkpoint_files(tmp, step, model, optimizer, scheduler, trainer_state, best_weights, gathered)
         replace_folder(tmp, final)
     _verified[_stats_key(final)] = None  # just hashed from disk by _write_manifest: rotation need not read it again
     return final
 
 
 def _write_checkpoint_files(tmp: Path, step: int, model, optimizer, scheduler, trainer_state: TrainState,
-                            best_weights: dict[str, torch.Tensor] | None) -> None:
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+                            best_weights: dict[str, torch.Tensor] | None, gathered: Gathered | None = None) -> None:
+    save_file(gathered.weights if gathered else trainable_state(model), str(tmp / "trainable.safetensors"))
     if best_weights is not None:
         save_file({k: v.contiguous() for k, v in best_weights.items()}, str(tmp / BEST))
     with open(tmp / "state.pt", "wb") as fh:  # an open file: a failed write keeps its errno (a path loses it)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}, fh)
+        optimizer_state = gathered.optimizer if gathered else optimizer.state_dict()
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng_state()}, fh)
     (tmp / "trainer_state.json").write_text(json.dumps({**trainer_state.to_json(), "step": step}, indent=2))
     _write_manifest(tmp)
     _fsync_dir(tmp)
@@ -258,14 +270,24 @@ def _read(file: Path, parse):
 
 def restore_checkpoint(ck: Checkpoint, model, optimizer, scheduler) -> TrainState:
     """Put weights, optimizer, scheduler and RNG back; returns the trainer state (step, data position, best...)."""
-    copy_weights(ck.weights, model, ck.path)
     try:
-        optimizer.load_state_dict(ck.state["optimizer"])
+        _restore_weights_and_optimizer(ck, model, optimizer)
         scheduler.load_state_dict(ck.state["scheduler"])
         set_rng_state(ck.state["rng"])
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         raise CheckpointUnusable(f"state.pt does not fit this run ({type(e).__name__}: {e})") from e
     return ck.trainer_state
+
+
+def _restore_weights_and_optimizer(ck: Checkpoint, model, optimizer) -> None:
+    """Full tensors into a plain or a sharded model: checkpoints resume on any number of processes."""
+    names = trainable_names(model)
+    if is_sharded(model):
+        copy_weights(ck.weights, model, ck.path, check_only=True)
+        load_gathered(model, optimizer, ck.weights, optimizer_state_by_name(ck.state["optimizer"], names))
+        return
+    copy_weights(ck.weights, model, ck.path)
+    optimizer.load_state_dict(optimizer_state_by_index(ck.state["optimizer"], names))
 
 
 def load_resumable(run_dir: Path, start: Path, model, optimizer, scheduler, report: bool = True) -> Checkpoint:
@@ -288,12 +310,14 @@ def _step(path: Path) -> int:
     return int(Path(path).name.split("-")[1])
 
 
-def copy_weights(weights: dict[str, torch.Tensor], model, source: Path | str = "saved weights") -> None:
+def copy_weights(weights: dict[str, torch.Tensor], model, source: Path | str = "saved weights", check_only: bool = False) -> None:
     """Copy named tensors into the model's parameters (checked first, so a mismatch changes nothing)."""
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
     if missing:
         raise CheckpointUnusable(f"{source} does not match the model (e.g. {missing[0]})")
+    if check_only:
+        return
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)

@@ -7,7 +7,6 @@ Preference objectives (objectives.py) divide the summed pair losses by the step'
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
@@ -20,6 +19,7 @@ from ..config import ResolvedRunConfig
 from ..data.templates import TokenizedExample
 from ..errors import UserError
 from . import checkpoint as ckpt
+from . import distributed
 from .batching import (
     MicroBatch,
     idle_micro_batch,
@@ -172,6 +172,7 @@ def run_training(model, train: list, validation: list, cfg: ResolvedRunConfig,
     scheduler = make_scheduler(optimizer, t.scheduler, math.ceil(t.warmup_ratio * total), total)
     objective = make_objective(model, cfg, pad_id)
     loss_module, optimizer = accelerator.prepare(objective.module, optimizer)
+    params = [p for p in loss_module.parameters() if p.requires_grad]  # FSDP replaced them with shards
     loss_module.train()
     # before a resume loads a checkpoint: full/freeze DPO's reference log-probs come from the base weights
     objective.prepare(loss_module, accelerator, run_dir, train, validation)
@@ -201,8 +202,7 @@ def run_training(model, train: list, validation: list, cfg: ResolvedRunConfig,
             loss_sum = torch.zeros((), device=device)
             stats = None
             for k, mb in enumerate(mbs):
-                sync = contextlib.nullcontext() if k == len(mbs) - 1 else accelerator.no_sync(loss_module)
-                with sync:
+                with distributed.micro_batch_sync(accelerator, loss_module, last=k == len(mbs) - 1):
                     mb_loss, mb_stats = objective.loss(loss_module, mb, device)
                     # DDP averages gradients over processes, so scale by world size to keep a per-token (per-pair) mean
                     accelerator.backward(mb_loss * world / max(step_weight, 1))
@@ -289,10 +289,11 @@ def _resumed_best_weights(resumed: ckpt.Checkpoint) -> dict[str, torch.Tensor] |
 def _save(run_dir: Path, model, optimizer, scheduler, state: TrainState, keep: int, accelerator,
           best_weights: dict[str, torch.Tensor] | None = None) -> None:
     """checkpoints/step-N for `state.step`; the best checkpoint is never rotated away."""
+    gathered = distributed.gather_state(accelerator.unwrap_model(model), optimizer)  # sharded: every process takes part
     if accelerator.is_main_process:
         if state.best_step == state.step:
             state.best_checkpoint = str(Path(run_dir) / "checkpoints" / f"step-{state.step}")
             best_weights = None  # the checkpoint's own weights are the best ones
-        ckpt.save_checkpoint(run_dir, state.step, accelerator.unwrap_model(model), optimizer, scheduler, state, best_weights)
+        ckpt.save_checkpoint(run_dir, state.step, accelerator.unwrap_model(model), optimizer, scheduler, state, best_weights, gathered)
         ckpt.rotate_checkpoints(run_dir, keep, protect=state.best_checkpoint)
     accelerator.wait_for_everyone()

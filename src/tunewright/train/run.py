@@ -15,8 +15,9 @@ from rich.markup import escape
 from ..config import RunConfig, to_yaml
 from ..data.templates import CHATML_TEMPLATE
 from ..errors import UserError
-from ..models import load_model, load_tokenizer, local_model_dir
+from ..models import load_for_inference, load_model, load_tokenizer, local_model_dir
 from . import checkpoint as ckpt
+from . import distributed
 from .guards import check_output_dir, reconcile_resume
 from .hparams import DataShape, native_bf16, resolve_with_reasons
 from .loop import run_training
@@ -64,7 +65,7 @@ def check_run_dir(run_dir: Path, resume: bool) -> Path | None:
     return None
 
 
-def make_accelerator(cfg: RunConfig, run_dir: Path):
+def make_accelerator(cfg: RunConfig, run_dir: Path, model_dir: str | None = None):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -82,10 +83,13 @@ def make_accelerator(cfg: RunConfig, run_dir: Path):
     # accelerate keeps one process-wide state that refuses a new precision; a second train() in the
     # same process (a notebook, the tests) may ask for another one: forget the last run's (process group stays)
     AcceleratorState._reset_state()
+    plugins = distributed.accelerator_kwargs(cfg, model_dir) if model_dir else {}  # FSDP / DeepSpeed per train.distributed
     try:
-        return Accelerator(mixed_precision=mixed, cpu=not cuda, log_with=trackers, project_dir=str(run_dir))
+        accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, log_with=trackers, project_dir=str(run_dir), **plugins)
     except (ImportError, ValueError) as e:
         raise UserError(f"train.report_to={trackers}: {e}", "install the tracker (tensorboard, mlflow or wandb) or remove report_to") from None
+    distributed.route_fsdp_on_cpu(accelerator, plugins.get("fsdp_plugin"))
+    return accelerator
 
 
 def environment_info() -> dict:
@@ -115,11 +119,15 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
     if resume:  # the run's own resolved settings plus the changes a resume allows; conflicts exit 2
         cfg, extended = reconcile_resume(cfg, run_dir)
     check_method_available(cfg)
+    if cfg.train.distributed == "deepspeed":
+        distributed.require_deepspeed()  # before tokenizing: an optional extra that may be missing
     if not cfg.data.train:
         raise UserError("no training data given", "pass --data FILE or set data.train in the config")
     if resume and not extended and (finished := already_finished(run_dir)) is not None:
         return RunResult(run_dir, cfg, finished)  # --resume on a finished run changes nothing
     resume_from = check_run_dir(run_dir, resume)
+    if resume_from is not None:
+        distributed.refuse_deepspeed_resume(cfg)
     cfg = cfg.model_copy(update={"output_dir": str(run_dir)})
     if isinstance(cfg.train.threads, int):
         torch.set_num_threads(cfg.train.threads)
@@ -130,7 +138,8 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
     # the ChatML fallback is the only template load_tokenizer adds; record it so the run can be reproduced
     if cfg.chat_template is None and tokenizer.chat_template == CHATML_TEMPLATE:
         cfg = cfg.model_copy(update={"chat_template": tokenizer.chat_template})
-    accelerator = make_accelerator(cfg, run_dir)
+    cfg = distributed.resolve_strategy(cfg, model_dir)
+    accelerator = make_accelerator(cfg, run_dir, model_dir)
     with accelerator.main_process_first():  # one process tokenizes and fills the cache, the others read it
         data = prepare_data(cfg, tokenizer)
     cfg = _record_detected_format(cfg, data.report)
@@ -161,12 +170,17 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
         accelerator.init_trackers("tunewright", config=tracker_hparams(cfg))
 
     result = run_training(model, data.train, data.validation, cfg, run_dir, accelerator, tokenizer.pad_token_id, resume_from)
-    accelerator.end_training()
     model = accelerator.unwrap_model(model)
+    gathered = distributed.gather_model(model)  # a sharded model's full weights (every process takes part)
+    summary_distributed = distributed.describe(accelerator)  # before end_training ends the process group
+    accelerator.end_training()
     outputs = {}
     if accelerator.is_main_process:
-        outputs = save_result(model, tokenizer, cfg, run_dir, model_dir)
+        outputs = save_result(model, tokenizer, cfg, run_dir, model_dir, gathered.weights if gathered else None)
+    if gathered is not None:  # evaluation runs on the main process alone: give it the saved, unsharded model
+        model = load_for_inference(str(run_dir)).model if accelerator.is_main_process else None
     summary = build_summary(result, time.perf_counter() - started, params, cfg)
+    summary["distributed"] = summary_distributed
     if cfg.objective != "sft":  # data.train / data.validation hold PreferencePairs
         summary.update({"objective": cfg.objective, "train_pairs": len(data.train), "validation_pairs": len(data.validation)})
     if accelerator.is_main_process:
@@ -174,7 +188,8 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
         with ckpt.stop_if_write_fails(run_dir, run_dir / "loss_curve.png"):
             plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
         print_summary(summary, run_dir)
-    model.eval()
+    if model is not None:
+        model.eval()
     return RunResult(run_dir, cfg, summary, outputs=outputs, model=model, tokenizer=tokenizer,
                      held_out=data.validation_conversations, is_main_process=accelerator.is_main_process)
 
@@ -226,7 +241,7 @@ def _write_file(run_dir: Path, name: str, text: str) -> None:
         write_text_atomic(run_dir / name, text)
 
 
-def save_result(model, tokenizer, cfg: RunConfig, run_dir: Path, base_dir: str) -> dict:
+def save_result(model, tokenizer, cfg: RunConfig, run_dir: Path, base_dir: str, state_dict: dict | None = None) -> dict:
     """adapter/ for LoRA-family methods (stock PEFT loads it), model/ for full and freeze.
 
     Written into a temporary folder, then renamed: a full disk never leaves a half adapter/
@@ -236,13 +251,13 @@ def save_result(model, tokenizer, cfg: RunConfig, run_dir: Path, base_dir: str) 
     tmp = run_dir / f".tmp-{out.name}"
     with ckpt.stop_if_write_fails(run_dir, out, partial=tmp):
         remove_quietly(tmp)  # what a run killed while writing it left
-        _write_weights(model, tokenizer, cfg, tmp, base_dir)
+        _write_weights(model, tokenizer, cfg, tmp, base_dir, state_dict)
         replace_folder(tmp, out)
     return {"weights": str(out)}
 
 
-def _write_weights(model, tokenizer, cfg: RunConfig, folder: Path, base_dir: str) -> None:
-    model.save_pretrained(folder)
+def _write_weights(model, tokenizer, cfg: RunConfig, folder: Path, base_dir: str, state_dict: dict | None = None) -> None:
+    model.save_pretrained(folder, state_dict=state_dict)  # state_dict: a sharded run's gathered weights
     if is_adapter_method(cfg.method):
         _point_adapter_at_base(folder, base_dir)
         (folder / "tunewright.json").write_text(json.dumps({"base_model": cfg.model, "base_model_dir": base_dir, "method": cfg.method}, indent=2))
