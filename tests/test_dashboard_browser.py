@@ -152,6 +152,7 @@ def test_new_job_from_the_form_trains_with_a_live_curve_and_a_report(page):
 
     page.go(f"new?training_file={page.made['train']}")
     page.wait(lambda: page.css("#job-training"), what="the new job form")
+    page.made["base"] = page.css("#job-model").get_attribute("value")
     Select(page.css("#job-validation")).select_by_value(page.made["val"])
     page.css("#job-batch").clear()
     page.css("#job-batch").send_keys("4")
@@ -229,3 +230,17 @@ def test_jobs_and_runs_pages_list_the_job_and_the_cli_run(page):
     buttons = page.css("#exports").text
     assert "Export merged Hugging Face folder" in buttons and "Export GGUF + Modelfile" in buttons and "Download run (zip)" in buttons
     page.check("run")
+
+
+def test_a_running_job_is_cancelled_from_its_page(page):
+    import httpx
+
+    job = httpx.post(f"{page.base}/v1/fine_tuning/jobs", headers={"Authorization": f"Bearer {KEY}"}, timeout=60, json={
+        "model": page.made["base"], "training_file": page.made["train"],
+        "tunewright": {"settings": {"train.max_steps": 5000}}}).json()
+    page.go(f"jobs/{job['id']}")
+    button = page.wait(lambda: page.driver.find_element("css selector", f'button[aria-label="Cancel {job["id"]}"]'), what="the cancel button")
+    button.click()
+    page.wait(lambda: page.css("#job-status").text == "cancelled", what="the cancelled status")
+    assert not page.driver.find_elements("css selector", f'button[aria-label="Cancel {job["id"]}"]')
+    page.check("job-cancelled")
