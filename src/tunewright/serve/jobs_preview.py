@@ -20,6 +20,7 @@ RESOLVED_KEYS = ("epochs", "batch_size", "learning_rate", "max_steps", "warmup_r
 
 def preview(service, body: CreateJob) -> dict:
     from ..config import RunConfig
+    from ..train.distributed import resolve_strategy
     from ..train.hparams import DataShape, resolve_auto, total_steps
 
     job, training, validation = service.validated_job(body)
@@ -28,6 +29,7 @@ def preview(service, body: CreateJob) -> dict:
     multiplier = hp.get("learning_rate_multiplier", "auto")
     lr = None if multiplier == "auto" else float(multiplier) * base_learning_rate(job["base_spec"], method, objective)
     cfg = RunConfig.model_validate(job_config(job, training["path"], validation["path"] if validation else None, lr))
+    cfg = resolve_strategy(cfg, cfg.model)  # as train does before resolve_auto: the server is one process, so ddp
     architecture, params = _architecture(cfg)
     device = _device()
     n_examples = training.get("rows") or 0
