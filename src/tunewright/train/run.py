@@ -12,7 +12,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import RunConfig, to_yaml
+from ..config import ResolvedRunConfig, RunConfig, to_yaml
 from ..data.templates import CHATML_TEMPLATE
 from ..errors import UserError
 from ..models import load_for_inference, load_model, load_tokenizer, local_model_dir
@@ -109,80 +109,77 @@ def environment_info() -> dict:
 
 
 def train(cfg: RunConfig, resume: bool = False) -> RunResult:
-    """Fine-tune per `cfg`; writes the run directory of DESIGN.md and returns what happened."""
+    """Fine-tune per `cfg`; writes the run directory of DESIGN.md and returns what happened.
+
+    The config passes through named stages: `requested` (what was asked, merged with the run's own
+    config.yaml on --resume), `placed` (train.distributed decided), `decided` (plus what tokenizing
+    decided: folder, template, format, split), `resolved` (every `auto` replaced) and `run_cfg` (the
+    learning rate measured when asked): what config.yaml records and the loop reads.
+    """
     from ..data import prepare_data
 
     started = time.perf_counter()
     run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cfg)
     check_output_dir(run_dir)  # in a second, not after tokenizing
-    extended = False
-    if resume:  # the run's own resolved settings plus the changes a resume allows; conflicts exit 2
-        cfg, extended = reconcile_resume(cfg, run_dir)
-    check_method_available(cfg)
-    if cfg.train.distributed == "deepspeed":
+    # --resume: the run's own resolved settings plus the changes a resume allows; conflicts exit 2
+    requested, extended = reconcile_resume(cfg, run_dir) if resume else (cfg, False)
+    check_method_available(requested)
+    if requested.train.distributed == "deepspeed":
         distributed.require_deepspeed()  # before tokenizing: an optional extra that may be missing
-    if not cfg.data.train:
+    if not requested.data.train:
         raise UserError("no training data given", "pass --data FILE or set data.train in the config")
     if resume and not extended and (finished := already_finished(run_dir)) is not None:
-        return RunResult(run_dir, cfg, finished)  # --resume on a finished run changes nothing
+        return RunResult(run_dir, requested, finished)  # --resume on a finished run changes nothing
     resume_from = check_run_dir(run_dir, resume)
     if resume_from is not None:
-        distributed.refuse_deepspeed_resume(cfg)
-    cfg = cfg.model_copy(update={"output_dir": str(run_dir)})
-    if isinstance(cfg.train.threads, int):
-        torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
+        distributed.refuse_deepspeed_resume(requested)
+    torch.manual_seed(requested.train.seed)
 
-    model_dir = local_model_dir(cfg.model)
-    tokenizer = load_tokenizer(model_dir, cfg.chat_template, cfg.trust_remote_code)
-    # the ChatML fallback is the only template load_tokenizer adds; record it so the run can be reproduced
-    if cfg.chat_template is None and tokenizer.chat_template == CHATML_TEMPLATE:
-        cfg = cfg.model_copy(update={"chat_template": tokenizer.chat_template})
-    cfg = distributed.resolve_strategy(cfg, model_dir)
-    accelerator = make_accelerator(cfg, run_dir, model_dir)
+    model_dir = local_model_dir(requested.model)
+    tokenizer = load_tokenizer(model_dir, requested.chat_template, requested.trust_remote_code)
+    placed = distributed.resolve_strategy(requested, model_dir)
+    accelerator = make_accelerator(placed, run_dir, model_dir)
     with accelerator.main_process_first():  # one process tokenizes and fills the cache, the others read it
-        data = prepare_data(cfg, tokenizer)
-    cfg = _record_detected_format(cfg, data.report)
-    cfg = _record_template_kwargs(cfg, data.report)
-    cfg, split_note = _record_validation_split(cfg, data.report)
+        data = prepare_data(placed, tokenizer)
+    decided, split_note = _record_decisions(placed, run_dir, tokenizer, data.report)
     run_dir.mkdir(parents=True, exist_ok=True)
-    model = load_model(model_dir, trust_remote_code=cfg.trust_remote_code, **_quant_kwargs(cfg, accelerator.local_process_index))
-    lr_auto = cfg.train.learning_rate == "auto"
-    cfg, notes = resolve_with_reasons(cfg, DataShape.of(data.train, data.validation),
-                                      sum(p.numel() for p in model.parameters()), accelerator.device)
+    model = load_model(model_dir, trust_remote_code=decided.trust_remote_code,
+                       **_quant_kwargs(decided, accelerator.local_process_index))
+    resolved, notes = resolve_with_reasons(decided, DataShape.of(data.train, data.validation),
+                                           sum(p.numel() for p in model.parameters()), accelerator.device)
     notes.update(split_note)
-    torch.set_num_threads(cfg.train.threads)
-    model = apply_method(model, cfg)
-    if lr_auto and range_test_applies(cfg, accelerator.num_processes) and (measured := measure_learning_rate(
-            model, data.train, cfg, accelerator, tokenizer.pad_token_id, run_dir)) is not None:
-        cfg, notes["train.learning_rate"] = measured
-    if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()
+    torch.set_num_threads(resolved.train.threads)  # once, here: `auto` counts the cores left idle after loading
+    model = apply_method(model, resolved)
+    measured = None
+    if decided.train.learning_rate == "auto" and range_test_applies(resolved, accelerator.num_processes):
+        measured = measure_learning_rate(model, data.train, resolved, accelerator, tokenizer.pad_token_id, run_dir)
+    run_cfg = resolved if measured is None else measured[0]
+    if measured is not None:
+        notes["train.learning_rate"] = measured[1]
+    _enable_gradient_checkpointing(model, run_cfg)
     params = count_parameters(model)
     if accelerator.is_main_process:
-        _write_file(run_dir, "config.yaml", to_yaml(cfg, notes))  # a resume rewrites it: never leave it half written
-        print_auto_reasons(notes, cfg.objective)
+        _write_file(run_dir, "config.yaml", to_yaml(run_cfg, notes))  # a resume rewrites it: never leave it half written
+        print_auto_reasons(notes, run_cfg.objective)
         _write_file(run_dir, "data_report.json", json.dumps(data.report, indent=2))
         _write_file(run_dir, "environment.json", json.dumps(environment_info(), indent=2))
-    if cfg.train.report_to:
-        accelerator.init_trackers("tunewright", config=tracker_hparams(cfg))
+    if run_cfg.train.report_to:
+        accelerator.init_trackers("tunewright", config=tracker_hparams(run_cfg))
 
-    result = run_training(model, data.train, data.validation, cfg, run_dir, accelerator, tokenizer.pad_token_id, resume_from)
+    result = run_training(model, data.train, data.validation, run_cfg, run_dir, accelerator, tokenizer.pad_token_id, resume_from)
     model = accelerator.unwrap_model(model)
     gathered = distributed.gather_model(model)  # a sharded model's full weights (every process takes part)
     summary_distributed = distributed.describe(accelerator)  # before end_training ends the process group
     accelerator.end_training()
     outputs = {}
     if accelerator.is_main_process:
-        outputs = save_result(model, tokenizer, cfg, run_dir, model_dir, gathered.weights if gathered else None)
+        outputs = save_result(model, tokenizer, run_cfg, run_dir, model_dir, gathered.weights if gathered else None)
     if gathered is not None:  # evaluation runs on the main process alone: give it the saved, unsharded model
         model = load_for_inference(str(run_dir)).model if accelerator.is_main_process else None
-    summary = build_summary(result, time.perf_counter() - started, params, cfg)
+    summary = build_summary(result, time.perf_counter() - started, params, run_cfg)
     summary["distributed"] = summary_distributed
-    if cfg.objective != "sft":  # data.train / data.validation hold PreferencePairs
-        summary.update({"objective": cfg.objective, "train_pairs": len(data.train), "validation_pairs": len(data.validation)})
+    if run_cfg.objective != "sft":  # data.train / data.validation hold PreferencePairs
+        summary.update({"objective": run_cfg.objective, "train_pairs": len(data.train), "validation_pairs": len(data.validation)})
     if accelerator.is_main_process:
         _write_file(run_dir, "summary.json", json.dumps(summary, indent=2))
         with ckpt.stop_if_write_fails(run_dir, run_dir / "loss_curve.png"):
@@ -190,34 +187,40 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
         print_summary(summary, run_dir)
     if model is not None:
         model.eval()
-    return RunResult(run_dir, cfg, summary, outputs=outputs, model=model, tokenizer=tokenizer,
+    return RunResult(run_dir, run_cfg, summary, outputs=outputs, model=model, tokenizer=tokenizer,
                      held_out=data.validation_conversations, is_main_process=accelerator.is_main_process)
 
 
-def _record_detected_format(cfg: RunConfig, report: dict) -> RunConfig:
-    """`format: auto` becomes the detected format in config.yaml when every file agrees."""
+def _record_decisions(cfg: RunConfig, run_dir: Path, tokenizer, report: dict) -> tuple[RunConfig, dict[str, str]]:
+    """`cfg` plus what the run decided before resolving `auto`, so its config.yaml reproduces it; and the notes.
+
+    The run folder; the ChatML fallback (the only template load_tokenizer adds); `format: auto` as the
+    detected format when every file agrees; `chat_template_kwargs: auto` as the values training rendered
+    with (chat, eval and serve use them too); `validation_split: auto` as the share held out, with its reason.
+    """
+    data: dict = {}
+    notes: dict[str, str] = {}
     found = {f.get("format") for f in report.get("files", [])}
-    if cfg.data.format != "auto" or len(found) != 1 or None in found:
-        return cfg
-    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"format": found.pop()})})
+    if cfg.data.format == "auto" and len(found) == 1 and None not in found:
+        data["format"] = found.pop()
+    if cfg.data.chat_template_kwargs == "auto":
+        data["chat_template_kwargs"] = report["chat_template_kwargs"]
+    if cfg.data.validation_split == "auto":
+        from ..data.dataset import split_reason
+
+        data["validation_split"] = report.get("validation_split") or 0.0
+        notes["data.validation_split"] = split_reason(cfg.data, report)
+    update: dict = {"output_dir": str(run_dir), "data": cfg.data.model_copy(update=data)}
+    if cfg.chat_template is None and tokenizer.chat_template == CHATML_TEMPLATE:
+        update["chat_template"] = tokenizer.chat_template
+    return cfg.model_copy(update=update), notes
 
 
-def _record_template_kwargs(cfg: RunConfig, report: dict) -> RunConfig:
-    """`chat_template_kwargs: auto` becomes the values training rendered with (chat, eval and serve use them too)."""
-    if cfg.data.chat_template_kwargs != "auto":
-        return cfg
-    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"chat_template_kwargs": report["chat_template_kwargs"]})})
-
-
-def _record_validation_split(cfg: RunConfig, report: dict) -> tuple[RunConfig, dict[str, str]]:
-    """`validation_split: auto` becomes the share prepare_data held out (0 when none), with its reason."""
-    if cfg.data.validation_split != "auto":
-        return cfg, {}
-    from ..data.dataset import split_reason
-
-    share = report.get("validation_split") or 0.0
-    reason = split_reason(cfg.data, report)
-    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"validation_split": share})}), {"data.validation_split": reason}
+def _enable_gradient_checkpointing(model, cfg: ResolvedRunConfig) -> None:
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
 
 
 def print_auto_reasons(notes: dict[str, str], objective: str) -> None:
