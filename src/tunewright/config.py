@@ -81,6 +81,14 @@ class TrainConfig(_Section):
     # how several processes (torchrun / accelerate launch) split the work; see train/distributed.py
     distributed: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_recorded_compile(cls, data: Any) -> Any:
+        """Run folders written before `compile` was removed record `compile: false`: what happened anyway, so read on."""
+        if isinstance(data, dict) and data.get("compile") is False:
+            return {k: v for k, v in data.items() if k != "compile"}
+        return data
+
 
 class FsdpConfig(_Section):
     """PyTorch FSDP2 through Accelerate (train.distributed=fsdp): weights, gradients and optimizer state sharded."""
@@ -96,14 +104,6 @@ class DeepSpeedConfig(_Section):
 
     stage: Literal[2, 3] = 3  # 2 shards gradients + optimizer state; 3 shards the weights too
     offload: Literal["none", "cpu"] = "none"  # optimizer state (and, at stage 3, weights) in CPU memory
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_recorded_compile(cls, data: Any) -> Any:
-        """Run folders written before `compile` was removed record `compile: false`: what happened anyway, so read on."""
-        if isinstance(data, dict) and data.get("compile") is False:
-            return {k: v for k, v in data.items() if k != "compile"}
-        return data
 
 
 class PreferenceConfig(_Section):
