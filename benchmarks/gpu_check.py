@@ -4,7 +4,7 @@
     python benchmarks/gpu_check.py --method lora   # the same checks without 4 bits (runs on CPU: checks this script)
     python benchmarks/gpu_check.py --method zero   # full fine-tuning under DeepSpeed ZeRO-2 and ZeRO-3 (pip install deepspeed)
 
-It builds a small random Llama and a BPE tokenizer the way tests/conftest.py does (no download),
+It builds a small random Llama and a BPE tokenizer the way tests/helpers.py does (no download),
 trains a few steps with `tunewright.train` and checks: the base really is 4-bit (bitsandbytes
 Linear4bit layers, NF4), the losses are finite, every step is logged, the LoRA B matrices moved from
 zero, the adapter and a checkpoint were written, and `--resume` extending max_steps continues to the
@@ -27,7 +27,7 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # conftest's tiny tokenizer/model builders
+sys.path.insert(0, str(REPO / "tests"))  # tests/helpers.py: the tiny tokenizer/model builders
 
 
 def _cuda_ready() -> str | None:
@@ -44,7 +44,7 @@ def _cuda_ready() -> str | None:
 
 
 def build_model(folder: Path) -> Path:
-    from conftest import build_tiny_model, build_tokenizer
+    from helpers import build_tiny_model, build_tokenizer
 
     tokenizer = build_tokenizer("chatml")
     model = build_tiny_model(tokenizer, seed=0, layers=4, hidden=256)  # 4-bit blocks need a few hundred columns

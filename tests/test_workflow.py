@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import EXAMPLES, write_jsonl
+from helpers import EXAMPLES, write_jsonl
 
 import tunewright
 from tunewright.config import load_config

@@ -1,0 +1,55 @@
+"""The distributed path: the same `train` command under torchrun, two CPU processes on gloo.
+
+Every run here pins `train.precision=fp32`: `auto` resolves to bf16 on CPUs with avx512_bf16 or
+amx_bf16, and bf16 rounding (about 1e-2 on these adapters) is far above the 1e-5 tolerance that
+proves one process and two compute the same maths. The bf16 path has its own test,
+tests/train/test_bf16.py, with a tolerance stated for bf16.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from distributed_runs import TORCHRUN_TIMEOUT_S, _free_port, _rows, _run_bounded
+from helpers import write_jsonl
+
+
+def _train_args(model_dir: Path, data: Path, max_steps: int) -> list[str]:
+    return ["-m", "tunewright.cli", "train", "--model", str(model_dir), "--data", str(data),
+            "--set", f"train.max_steps={max_steps}", "--set", "train.batch_size=8", "--set", "train.learning_rate=1e-2",
+            "--set", "lora.dropout=0", "--set", "train.threads=1", "--set", "eval.after_train=false",
+            "--set", "train.precision=fp32"]
+
+
+def _one_and_two_processes(model_dir: Path, data: Path, max_steps: int, tmp_path: Path) -> tuple[dict, dict]:
+    """Adapter tensors from one process and from two gloo processes under torchrun."""
+    from safetensors.torch import load_file
+
+    args = _train_args(model_dir, data, max_steps)
+    single = _run_bounded([sys.executable, *args, "--output", str(tmp_path / "one")], TORCHRUN_TIMEOUT_S)
+    assert single.returncode == 0, single.stderr[-2000:]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    multi = _run_bounded([str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()), *args,
+                          "--output", str(tmp_path / "two")], TORCHRUN_TIMEOUT_S)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    return (load_file(str(tmp_path / "one" / "adapter" / "adapter_model.safetensors")),
+            load_file(str(tmp_path / "two" / "adapter" / "adapter_model.safetensors")))
+
+
+def _assert_same_adapter(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k), "training moved the adapter"
+
+
+def test_two_gloo_processes_give_the_same_adapter_as_one_process(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "train.jsonl", _rows(32))
+    _assert_same_adapter(*_one_and_two_processes(tiny_model_dir, data, 4, tmp_path))
+
+
+def test_a_step_with_fewer_examples_than_processes_neither_hangs_nor_changes_the_maths(tiny_model_dir, tmp_path):
+    # 9 examples, batch 8: step 2 holds one example, so rank 1 has none for that step
+    data = write_jsonl(tmp_path / "train.jsonl", _rows(9))
+    _assert_same_adapter(*_one_and_two_processes(tiny_model_dir, data, 2, tmp_path))
