@@ -55,3 +55,26 @@ def run_llama(request: dict, timeout: float = 300) -> dict:
                          text=True, timeout=timeout)
     assert out.returncode == 0, f"llama.cpp runner failed on {request.get('gguf')}:\n{out.stderr[-3000:]}"
     return json.loads(out.stdout)
+
+
+def legacy_sentencepiece(tokenizer):
+    """A copy that prepends ▁ to every piece of text, as sentencepiece itself and llama.cpp do."""
+    import copy
+
+    from tokenizers import normalizers
+
+    legacy = copy.deepcopy(tokenizer)
+    legacy.backend_tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    legacy.backend_tokenizer.pre_tokenizer = None
+    return legacy
+
+
+def prepends_first_only(tokenizer) -> bool:
+    """HF's non-legacy Metaspace (Mistral v0.3): ▁ only before the very start of the text, and not when it
+    already starts with a space. llama.cpp has no such mode: it adds ▁ to every piece of text (as sentencepiece
+    does), and no GGUF key can say otherwise."""
+    import json
+
+    pre = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
+    return pre.get("type") == "Metaspace" and pre.get("prepend_scheme") == "first"

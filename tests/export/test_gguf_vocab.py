@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 from families import FAMILIES, FAMILY_SPECS, build_family_tokenizer
 from go_template import render
+from llamacpp import legacy_sentencepiece, prepends_first_only
 
 from tunewright.errors import UserError
 from tunewright.export import gguf_vocab
@@ -209,29 +210,6 @@ def test_modelfile_stops_at_the_family_end_of_turn(name):
     assert f'PARAMETER stop "{FAMILY_SPECS[name].end_of_turn}"' in text
     if name in ("smollm2", "qwen2"):
         assert 'SYSTEM """' in text  # the template's default system prompt, used when a chat has none
-
-
-def legacy_sentencepiece(tokenizer):
-    """A copy that prepends ▁ to every piece of text, as sentencepiece itself and llama.cpp do."""
-    import copy
-
-    from tokenizers import normalizers
-
-    legacy = copy.deepcopy(tokenizer)
-    legacy.backend_tokenizer.normalizer = normalizers.Sequence(
-        [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
-    legacy.backend_tokenizer.pre_tokenizer = None
-    return legacy
-
-
-def prepends_first_only(tokenizer) -> bool:
-    """HF's non-legacy Metaspace (Mistral v0.3): ▁ only before the very start of the text, and not when it
-    already starts with a space. llama.cpp has no such mode: it adds ▁ to every piece of text (as sentencepiece
-    does), and no GGUF key can say otherwise."""
-    import json
-
-    pre = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
-    return pre.get("type") == "Metaspace" and pre.get("prepend_scheme") == "first"
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -62,7 +62,7 @@ def load_f16_rounded(folder: Path):
 def llama_cpp_tokenizer(tokenizer):
     """The tokenizer llama.cpp is documented to reproduce: HF's own, except for a Metaspace-"first" sentencepiece
     (Mistral v0.3), where llama.cpp prepends ▁ to every piece of text as sentencepiece does (test_gguf_vocab)."""
-    from test_gguf_vocab import legacy_sentencepiece, prepends_first_only
+    from llamacpp import legacy_sentencepiece, prepends_first_only
 
     return legacy_sentencepiece(tokenizer) if prepends_first_only(tokenizer) else tokenizer
 

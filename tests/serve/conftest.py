@@ -1,7 +1,8 @@
-"""A real run folder trained from the Python API (as `tunewright train` does), for the dashboard's --runs tests.
+"""Fixtures of the serve tests: a real run folder for the dashboard's --runs, and one dashboard server.
 
-A few LoRA steps of the tiny model with a validation file, so the folder has everything a CLI run
-has: config.yaml, metrics.jsonl with eval_loss, adapter/, eval/results.json and eval/report.html.
+The run folder is a few LoRA steps of the tiny model trained from the Python API (as `tunewright train`
+does) with a validation file, so it has everything a CLI run has: config.yaml, metrics.jsonl with
+eval_loss, adapter/, eval/results.json and eval/report.html. Helpers are in tests/servers.py.
 """
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from pathlib import Path
 
 import pytest
 from helpers import write_jsonl
-from servers import DASHBOARD_KEY, sum_rows, train_cli_run
+from servers import (
+    DASHBOARD_KEY,
+    free_port,
+    start_server,
+    stop_server,
+    sum_rows,
+    train_cli_run,
+)
 
 
 @pytest.fixture(scope="session")
@@ -29,8 +37,6 @@ def dashboard_server(tmp_path_factory, tiny_model_dir, cli_runs) -> Iterator[str
 
     One server for the HTTP and the browser tests: starting it costs more than either module's checks.
     """
-    from test_serve import free_port, start_server, stop_server
-
     tmp = tmp_path_factory.mktemp("dashboard-server")
     port = free_port()
     proc = start_server([str(tiny_model_dir), "--runs", str(cli_runs), "--api-key", DASHBOARD_KEY,

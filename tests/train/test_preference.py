@@ -343,8 +343,8 @@ def test_dpo_resume_after_sigkill_gives_the_same_adapter_as_an_uninterrupted_run
 
 def test_dpo_on_two_gloo_processes_gives_the_same_adapter_as_one_process(tiny_model_dir, tmp_path):
     """9 pairs, 8 per step: step 2 holds one pair, so rank 1 runs the idle pass (reference pass included)."""
+    from distributed_runs import TORCHRUN_TIMEOUT_S, _free_port, _run_bounded
     from safetensors.torch import load_file
-    from test_train_distributed import TORCHRUN_TIMEOUT_S, _free_port, _run_bounded
 
     data = write_jsonl(tmp_path / "train.jsonl", _pair_rows(9))
     sets = {**RUN_SETS, "train.batch_size": 8, "train.max_steps": 2}
