@@ -135,7 +135,7 @@ def test_a_store_reconnects_after_its_connection_is_cut(database):
     loop (which logs the failure and carries on) keeps working without a restart."""
     import psycopg
 
-    from tunewright.serve.jobs_store import open_store
+    from tunewright.serve.jobs_store_pg import open_store
 
     store = open_store(database)
     store.add_job({"id": "ftjob-cut", "model": "m", "status": "queued", "created_at": 1})
