@@ -31,11 +31,12 @@ def cli_runs(tmp_path_factory, tiny_model_dir) -> Path:
     return runs
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dashboard_server(tmp_path_factory, tiny_model_dir, cli_runs) -> Iterator[str]:
     """`tunewright serve MODEL --runs RUNS --api-key DASHBOARD_KEY` with the jobs API on; its base URL.
 
-    One server for the HTTP and the browser tests: starting it costs more than either module's checks.
+    One server per test module (as before the move): the browser test's live-curve check needs a server whose
+    runner is not busy with the HTTP tests' jobs.
     """
     tmp = tmp_path_factory.mktemp("dashboard-server")
     port = free_port()
