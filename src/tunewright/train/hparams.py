@@ -238,6 +238,20 @@ def early_stopping_applies(cfg: RunConfig, shape: DataShape) -> bool:
     return t.early_stopping_patience == "auto" and t.epochs == "auto" and not t.max_steps and shape.validation_examples > 0
 
 
+def strategy_without_model(cfg: RunConfig) -> tuple[str, str]:
+    """`train.distributed: auto` where the answer needs no model: DDP (or one process) for adapters and single processes.
+
+    `train()` decides it earlier with the model in hand (`distributed.resolve_strategy`); this serves callers that
+    resolve a config alone (job previews, tests) and refuses the one case that needs the model's size.
+    """
+    from .distributed import is_adapter_method, world_size
+
+    if is_adapter_method(cfg.method) or world_size() == 1:
+        return "ddp", "ddp: adapters and single processes never need sharding"
+    raise ValueError("train.distributed=auto for a multi-process full run needs the model's size: "
+                     "call train.distributed.resolve_strategy(cfg, model_dir) first")
+
+
 def resolve_auto(cfg: RunConfig, data: DataShape | int, n_params: int, device: torch.device) -> ResolvedRunConfig:
     """A copy of `cfg` with every `auto` replaced by its value (what goes into config.yaml).
 
@@ -262,6 +276,8 @@ def resolve_with_reasons(cfg: RunConfig, data: DataShape | int, n_params: int,
         setattr(section, key, value)
         why[f"{'preference' if section is cfg.preference else 'train'}.{key}"] = reason
 
+    if t.distributed == "auto":
+        choose(t, "distributed", *strategy_without_model(cfg))
     target = auto_epochs(n) if t.epochs == "auto" else (float(t.epochs), "")
     if t.epochs == "auto":
         epochs, reason = target
