@@ -156,12 +156,13 @@ def test_new_job_from_the_form_trains_with_a_live_curve_and_a_report(page):
     Select(page.css("#job-validation")).select_by_value(page.made["val"])
     page.css("#job-batch").clear()
     page.css("#job-batch").send_keys("4")
-    page.css("#job-steps").send_keys("8")
+    # long enough to outlast several 1.5 s polls on an idle machine (8 steps finished between two polls in CI)
+    page.css("#job-steps").send_keys("400")
     page.css("#job-suffix").send_keys("browser")
     page.css("#job-evaluate").click()
     assert page.css("#job-epochs").get_attribute("value") == "auto"
     page.css("#job-check").click()
-    assert page.wait(lambda: page.css("#preview-steps").text, what="the estimate") == "8"
+    assert page.wait(lambda: page.css("#preview-steps").text, what="the estimate") == "400"
     assert "GB" in page.css("#preview-memory").text or "MB" in page.css("#preview-memory").text
     page.check("new-job")
     page.css("#job-create").click()
@@ -195,7 +196,7 @@ def test_compare_overlays_two_runs_and_highlights_differences(page):
     page.wait(lambda: page.css("#compare-hparams"), what="the compare page")
     lines = page.driver.find_elements("css selector", "#compare-curves polyline")
     assert {line.get_attribute("data-series") for line in lines} >= {"cli-a training loss", f"{page.made['job']} training loss"}
-    assert "differs" in page.css('#compare-hparams tr[data-key="train.max_steps"]').get_attribute("class")  # 3 vs 8
+    assert "differs" in page.css('#compare-hparams tr[data-key="train.max_steps"]').get_attribute("class")  # 3 vs 400
     assert "differs" not in (page.css('#compare-hparams tr[data-key="method"]').get_attribute("class") or "")
     assert "loss" in page.css("#compare-eval").text
     page.check("compare")
