@@ -25,6 +25,7 @@ from bench import (
     run_logged,
     tunewright_result,
 )
+
 from tunewright.train.metrics_log import metrics_path, read_metrics
 
 HERE = Path(__file__).resolve().parent

@@ -14,7 +14,7 @@ import io
 import json
 import shutil
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -345,9 +345,9 @@ def _train_sentencepiece(name: str, spec: FamilySpec) -> bytes:
     import sentencepiece as spm
 
     buf = io.BytesIO()
-    common = dict(sentence_iterator=iter(training_text()), model_writer=buf, model_type="bpe", byte_fallback=True,
-                  character_coverage=1.0, normalization_rule_name="identity", remove_extra_whitespaces=False,
-                  split_digits=True, num_threads=1, minloglevel=2, max_sentence_length=16384)
+    common = {"sentence_iterator": iter(training_text()), "model_writer": buf, "model_type": "bpe", "byte_fallback": True,
+              "character_coverage": 1.0, "normalization_rule_name": "identity", "remove_extra_whitespaces": False,
+              "split_digits": True, "num_threads": 1, "minloglevel": 2, "max_sentence_length": 16384}
     if name.startswith("gemma"):  # Gemma: pad 0, eos 1, bos 2, unk 3, then its turn markers; no dummy prefix
         spm.SentencePieceTrainer.train(**common, vocab_size=1000, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
                                        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
@@ -400,7 +400,7 @@ def _as_phi3(base, spec: FamilySpec):
                                    clean_up_tokenization_spaces=False)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached_tokenizer_dir(name: str) -> Path:
     """Build each family's tokenizer once per process and keep it on disk; callers load fresh copies."""
     import atexit

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -41,10 +40,10 @@ def _friendly(fn):
 @_friendly
 def data_check(
     data: list[str] = typer.Argument(..., help="Files or folders (JSONL, JSON, CSV, Parquet)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Tokenizer and chat template to measure with (default: the embedded SmolLM2)."),
+    model: str | None = typer.Option(None, "--model", help="Tokenizer and chat template to measure with (default: the embedded SmolLM2)."),
     max_seq_len: int = typer.Option(1024, "--max-seq-len", help="Length above which examples would be truncated."),
     fmt: str = typer.Option("auto", "--format", help="auto | alpaca | messages | sharegpt | completion | text | dpo | preference"),
-    validation: Optional[str] = typer.Option(None, "--validation", help="A validation file to check for overlap with the training data."),
+    validation: str | None = typer.Option(None, "--validation", help="A validation file to check for overlap with the training data."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     allow_any_role_order: bool = typer.Option(False, "--allow-any-role-order", help="Keep chats with roles out of order when the model's chat template renders them."),
 ):
@@ -68,12 +67,12 @@ def data_check(
 @app.command()
 @_friendly
 def train(
-    config: Optional[Path] = typer.Argument(None, help="YAML config (optional: flags and defaults suffice)."),
-    model: Optional[str] = typer.Option(None, "--model"),
-    data: Optional[list[str]] = typer.Option(None, "--data", help="Training data file or folder (repeatable)."),
-    method: Optional[str] = typer.Option(None, "--method", help="lora | dora | qlora | full | freeze"),
-    output: Optional[str] = typer.Option(None, "--output", help="Run directory."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a config key: --set train.learning_rate=1e-4"),
+    config: Path | None = typer.Argument(None, help="YAML config (optional: flags and defaults suffice)."),
+    model: str | None = typer.Option(None, "--model"),
+    data: list[str] | None = typer.Option(None, "--data", help="Training data file or folder (repeatable)."),
+    method: str | None = typer.Option(None, "--method", help="lora | dora | qlora | full | freeze"),
+    output: str | None = typer.Option(None, "--output", help="Run directory."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a config key: --set train.learning_rate=1e-4"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
 ):
     """Fine-tune a model on your examples."""
@@ -91,8 +90,8 @@ def train(
 @_friendly
 def quickstart(
     output: str = typer.Option("runs/quickstart", "--output"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Cap the number of optimizer steps."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a config key, e.g. a short try: --set eval.limit=2 --set eval.max_new_tokens=16"),
+    steps: int | None = typer.Option(None, "--steps", help="Cap the number of optimizer steps."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a config key, e.g. a short try: --set eval.limit=2 --set eval.max_new_tokens=16"),
 ):
     """The whole path on the embedded SmolLM2 and the example data: train, compare with the base, what next."""
     from .quickstart import run_quickstart
@@ -105,13 +104,13 @@ def quickstart(
 def eval_(
     run_or_model: str = typer.Argument(..., help="A run directory, adapter folder, or model."),
     data: list[str] = typer.Option(..., "--data", help="Held-out examples."),
-    compare_base: Optional[bool] = typer.Option(None, "--compare-base/--no-compare-base", help="Also evaluate the base model (default: on for runs)."),
-    limit: Optional[int] = typer.Option(None, "--limit"),
+    compare_base: bool | None = typer.Option(None, "--compare-base/--no-compare-base", help="Also evaluate the base model (default: on for runs)."),
+    limit: int | None = typer.Option(None, "--limit"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
     temperature: float = typer.Option(0.0, "--temperature"),
     top_p: float = typer.Option(1.0, "--top-p"),
-    scorer: Optional[str] = typer.Option(None, "--scorer", help="module:function(prompt, reference, answer) -> float"),
-    output: Optional[str] = typer.Option(None, "--output", help="Where eval/ goes (default: the run directory)."),
+    scorer: str | None = typer.Option(None, "--scorer", help="module:function(prompt, reference, answer) -> float"),
+    output: str | None = typer.Option(None, "--output", help="Where eval/ goes (default: the run directory)."),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Evaluate on held-out examples, optionally against the base model, with confidence intervals."""
@@ -125,8 +124,8 @@ def eval_(
 @_friendly
 def chat(
     run_or_model: str = typer.Argument(...),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="Answer once and exit."),
-    system: Optional[str] = typer.Option(None, "--system"),
+    prompt: str | None = typer.Option(None, "--prompt", help="Answer once and exit."),
+    system: str | None = typer.Option(None, "--system"),
     base: bool = typer.Option(False, "--base", help="Show the base model's answer beside it."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
     temperature: float = typer.Option(0.0, "--temperature"),
@@ -166,14 +165,14 @@ def serve(
     models: list[str] = typer.Argument(..., help="Run directories, adapters or models to serve."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TUNEWRIGHT_API_KEY"),
-    database: Optional[str] = typer.Option(None, "--database", help="Jobs database URL (default: sqlite in ./runs); "
+    api_key: str | None = typer.Option(None, "--api-key", envvar="TUNEWRIGHT_API_KEY"),
+    database: str | None = typer.Option(None, "--database", help="Jobs database URL (default: sqlite in ./runs); "
                                            "postgresql://... to share it with `tunewright worker`s."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Folder for uploads and job runs, the same path on every "
+    storage: str | None = typer.Option(None, "--storage", help="Folder for uploads and job runs, the same path on every "
                                           "worker (default: beside a SQLite database, ./runs with PostgreSQL)."),
     max_batch_size: int = typer.Option(16, "--max-batch-size"),
     engine: str = typer.Option("torch", "--engine", help="torch | vllm"),
-    runs: Optional[str] = typer.Option(None, "--runs", help="A folder of run folders (trained with tunewright train) to show, read-only, in the dashboard."),
+    runs: str | None = typer.Option(None, "--runs", help="A folder of run folders (trained with tunewright train) to show, read-only, in the dashboard."),
 ):
     """Serve models with an OpenAI-compatible API and the dashboard at http://HOST:PORT/."""
     from .serve import serve as run_serve
@@ -186,8 +185,8 @@ def serve(
 @_friendly
 def worker(
     database: str = typer.Option(..., "--database", help="The jobs database the server uses: postgresql://user@host/db."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="The server's --storage folder, at the same path here."),
-    nproc: Optional[int] = typer.Option(None, "--nproc", help="Processes per job (default: one per local GPU; torchrun when >1)."),
+    storage: str | None = typer.Option(None, "--storage", help="The server's --storage folder, at the same path here."),
+    nproc: int | None = typer.Option(None, "--nproc", help="Processes per job (default: one per local GPU; torchrun when >1)."),
     stale_after: float = typer.Option(60.0, "--stale-after", help="Seconds without a heartbeat before a job is re-queued."),
 ):
     """Run fine-tuning jobs from a shared database, one at a time, with all local devices (add machines, add capacity)."""
@@ -202,15 +201,15 @@ def estimate(
     model: str = typer.Option("smollm2-135m-instruct", "--model"),
     method: str = typer.Option("lora", "--method"),
     seq_len: int = typer.Option(1024, "--seq-len"),
-    gpu_memory: Optional[str] = typer.Option(None, "--gpu-memory", help="e.g. 16GB"),
+    gpu_memory: str | None = typer.Option(None, "--gpu-memory", help="e.g. 16GB"),
     micro_batch: int = typer.Option(1, "--micro-batch"),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="A config key that changes the count: --set lora.r=8, "
+    set_: list[str] | None = typer.Option(None, "--set", help="A config key that changes the count: --set lora.r=8, "
                                              "--set lora.target_modules=[q_proj,v_proj], --set freeze.trainable_layers=4"),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="Devices: adds memory per device under --strategy"),
+    gpus: int | None = typer.Option(None, "--gpus", help="Devices: adds memory per device under --strategy"),
     strategy: str = typer.Option("ddp", "--strategy", help="ddp (replicated), fsdp or zero3 (sharded)"),
-    tokens: Optional[int] = typer.Option(None, "--tokens", help="Training tokens (rows x tokens x epochs): adds a time estimate"),
-    tflops: Optional[float] = typer.Option(None, "--tflops", help="Sustained TFLOP/s per device (stated)"),
-    tokens_per_s: Optional[float] = typer.Option(None, "--tokens-per-s", help="Tokens/s per device (measured)"),
+    tokens: int | None = typer.Option(None, "--tokens", help="Training tokens (rows x tokens x epochs): adds a time estimate"),
+    tflops: float | None = typer.Option(None, "--tflops", help="Sustained TFLOP/s per device (stated)"),
+    tokens_per_s: float | None = typer.Option(None, "--tokens-per-s", help="Tokens/s per device (measured)"),
 ):
     """Estimate memory for a model, method and sequence length, from the model's config alone (no weights)."""
     from .train.estimate import estimate as run_estimate
@@ -224,9 +223,9 @@ def estimate(
 def sweep(
     config: Path = typer.Argument(..., help="YAML config (needs validation data: data.validation or data.validation_split)."),
     budget: str = typer.Option("30m", "--budget", help="Wall time for the whole search: 30m, 1h, 1h30m, 90s."),
-    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Stop after this many trials (default: as many as fit)."),
-    output: Optional[str] = typer.Option(None, "--output", help="Sweep folder (trial-NNN/, best -> the best trial, sweep.json)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a config key for every trial."),
+    trials: int | None = typer.Option(None, "--trials", min=1, help="Stop after this many trials (default: as many as fit)."),
+    output: str | None = typer.Option(None, "--output", help="Sweep folder (trial-NNN/, best -> the best trial, sweep.json)."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a config key for every trial."),
 ):
     """Search learning rate, LoRA rank, epochs and batch size on validation loss within a time budget."""
     from .config import load_config

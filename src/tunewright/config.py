@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import UserError
 
 Auto = Literal["auto"]
-DataPaths = Union[str, list[str]]
+DataPaths = str | list[str]
 
 
 class _Section(BaseModel):
@@ -27,7 +27,7 @@ class DataConfig(_Section):
     train: DataPaths | None = None
     validation: DataPaths | None = None
     # a share of train held out when no validation file is given; auto: ~10% (<= 200 rows) from 1,000 rows up
-    validation_split: Union[Annotated[float, Field(ge=0.0, lt=1.0)], Auto] = "auto"
+    validation_split: Annotated[float, Field(ge=0.0, lt=1.0)] | Auto = "auto"
     format: Literal["auto", "alpaca", "messages", "sharegpt", "completion", "text", "dpo", "preference"] = "auto"
     max_seq_len: int = Field(1024, ge=8)
     packing: bool = True
@@ -36,7 +36,7 @@ class DataConfig(_Section):
     train_on: Literal["assistant", "all"] = "assistant"
     # chat template variables, fixed for training and inference alike (Qwen3: enable_thinking); auto decides
     # from the data (thinking only when some answer has reasoning) and config.yaml records the values
-    chat_template_kwargs: Union[dict[str, Any], Auto] = "auto"
+    chat_template_kwargs: dict[str, Any] | Auto = "auto"
     seed: int = 42
 
 
@@ -44,7 +44,7 @@ class LoraConfig(_Section):
     r: int = Field(16, ge=1)
     alpha: float = 32
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: Union[str, list[str]] = "all-linear"
+    target_modules: str | list[str] = "all-linear"
 
 
 class FreezeConfig(_Section):

@@ -1,6 +1,7 @@
 """The learning-rate range test: its rule on planted curves, and a real run it leaves untouched but for the rate."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -15,7 +16,7 @@ from tunewright.train.lr_range import lr_schedule, pick_learning_rate, smoothed
 def test_the_schedule_spans_the_methods_range_exponentially():
     lrs = lr_schedule("lora", 30)
     assert lrs[0] == pytest.approx(1e-5) and lrs[-1] == pytest.approx(1e-2)
-    ratios = {round(b / a, 9) for a, b in zip(lrs, lrs[1:])}
+    ratios = {round(b / a, 9) for a, b in itertools.pairwise(lrs)}
     assert len(ratios) == 1
 
 

@@ -11,8 +11,21 @@ from .formats import (
 )
 from .preference import PreferencePair, load_pairs
 
-__all__ = ["BadRow", "Conversation", "FORMATS", "LoadedRows", "Message", "PREFERENCE_FORMATS", "PreferencePair", "PreparedData",
-           "data_kind", "load_conversations", "load_pairs", "prepare_data", "read_detected"]
+__all__ = [
+    "FORMATS",
+    "PREFERENCE_FORMATS",
+    "BadRow",
+    "Conversation",
+    "LoadedRows",
+    "Message",
+    "PreferencePair",
+    "PreparedData",
+    "data_kind",
+    "load_conversations",
+    "load_pairs",
+    "prepare_data",
+    "read_detected",
+]
 
 
 def prepare_data(cfg, tokenizer):

@@ -137,7 +137,7 @@ def results_table(results: dict) -> Table:
         for key, value in results["metrics"][TUNED].items():
             table.add_row(results["metric_info"][key]["label"], fmt(results, key, value))
         return table
-    confidence = int(round(results["settings"]["bootstrap"]["confidence"] * 100))
+    confidence = round(results["settings"]["bootstrap"]["confidence"] * 100)
     for name in ("base", "tuned", "Δ"):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column(f"{confidence}% CI", justify="right", no_wrap=True)

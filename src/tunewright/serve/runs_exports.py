@@ -99,14 +99,13 @@ class Exporter:
 
 def run_archive(folder: Path) -> Path:
     """A temporary zip of the run's result and records (checkpoints left out: they are for resuming, and large)."""
-    handle = tempfile.NamedTemporaryFile(prefix="tw-run-", suffix=".zip", delete=False)
-    with zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
+    with tempfile.NamedTemporaryFile(prefix="tw-run-", suffix=".zip", delete=False) as handle, \
+            zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
         for name in ARCHIVED:
             path = folder / name
             for item in ([path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []):
                 if item.is_file():
                     archive.write(item, item.relative_to(folder))
-    handle.close()
     return Path(handle.name)
 
 
