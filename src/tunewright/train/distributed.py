@@ -42,9 +42,14 @@ def resolve_strategy(cfg: RunConfig, model_dir: str, device_memory: int | None =
     """`train.distributed: auto` becomes ddp or fsdp (what config.yaml records); other values stay."""
     strategy = cfg.train.distributed
     if strategy == "auto":
-        sharded = not is_adapter_method(cfg.method) and world_size() > 1 and not fits_one_device(cfg, model_dir, device_memory)
+        sharded = sharding_depends_on_size(cfg) and not fits_one_device(cfg, model_dir, device_memory)
         strategy = "fsdp" if sharded else "ddp"
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"distributed": strategy, **_early_stopping(cfg, strategy)})})
+
+
+def sharding_depends_on_size(cfg: RunConfig) -> bool:
+    """Only a multi-process full (or freeze) run may need FSDP; adapters and one process always get DDP."""
+    return not is_adapter_method(cfg.method) and world_size() > 1
 
 
 def _early_stopping(cfg: RunConfig, strategy: str) -> dict:

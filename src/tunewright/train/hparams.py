@@ -244,9 +244,9 @@ def strategy_without_model(cfg: RunConfig) -> tuple[str, str]:
     `train()` decides it earlier with the model in hand (`distributed.resolve_strategy`); this serves callers that
     resolve a config alone (job previews, tests) and refuses the one case that needs the model's size.
     """
-    from .distributed import is_adapter_method, world_size
+    from .distributed import sharding_depends_on_size
 
-    if is_adapter_method(cfg.method) or world_size() == 1:
+    if not sharding_depends_on_size(cfg):
         return "ddp", "ddp: adapters and single processes never need sharding"
     raise ValueError("train.distributed=auto for a multi-process full run needs the model's size: "
                      "call train.distributed.resolve_strategy(cfg, model_dir) first")
