@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +47,18 @@ def _run_bounded(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
         out, err = proc.communicate()
         pytest.fail(f"{cmd[0]} did not finish in {timeout}s (a rank waiting in a collective?)\n{err[-3000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def torchrun_cmd(args: list[str]) -> list[str]:
+    """`args` (a `python` argument list) under torchrun with two processes on a free port."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    return [str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()), *args]
+
+
+def train_one_and_two_processes(args: list[str], tmp_path: Path) -> tuple[Path, Path]:
+    """The same training arguments in one process (tmp_path/one) and in two gloo processes (tmp_path/two)."""
+    single = _run_bounded([sys.executable, *args, "--output", str(tmp_path / "one")], TORCHRUN_TIMEOUT_S)
+    assert single.returncode == 0, single.stderr[-2000:]
+    multi = _run_bounded(torchrun_cmd([*args, "--output", str(tmp_path / "two")]), TORCHRUN_TIMEOUT_S)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    return tmp_path / "one", tmp_path / "two"

@@ -7,11 +7,10 @@ tests/train/test_bf16.py, with a tolerance stated for bf16.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
-from distributed_runs import TORCHRUN_TIMEOUT_S, _free_port, _rows, _run_bounded
+from distributed_runs import _rows, train_one_and_two_processes
 from helpers import write_jsonl
 
 
@@ -27,14 +26,9 @@ def _one_and_two_processes(model_dir: Path, data: Path, max_steps: int, tmp_path
     from safetensors.torch import load_file
 
     args = _train_args(model_dir, data, max_steps)
-    single = _run_bounded([sys.executable, *args, "--output", str(tmp_path / "one")], TORCHRUN_TIMEOUT_S)
-    assert single.returncode == 0, single.stderr[-2000:]
-    torchrun = Path(sys.executable).with_name("torchrun")
-    multi = _run_bounded([str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()), *args,
-                          "--output", str(tmp_path / "two")], TORCHRUN_TIMEOUT_S)
-    assert multi.returncode == 0, multi.stderr[-3000:]
-    return (load_file(str(tmp_path / "one" / "adapter" / "adapter_model.safetensors")),
-            load_file(str(tmp_path / "two" / "adapter" / "adapter_model.safetensors")))
+    one, two = train_one_and_two_processes(args, tmp_path)
+    return (load_file(str(one / "adapter" / "adapter_model.safetensors")),
+            load_file(str(two / "adapter" / "adapter_model.safetensors")))
 
 
 def _assert_same_adapter(a: dict, b: dict) -> None:

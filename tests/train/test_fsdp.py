@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from distributed_runs import TORCHRUN_TIMEOUT_S, _free_port, _rows, _run_bounded
+from distributed_runs import TORCHRUN_TIMEOUT_S, _rows, _run_bounded, torchrun_cmd
 from helpers import write_jsonl
 from safetensors.torch import load_file
 
@@ -34,11 +34,6 @@ def _args(model_dir: Path, data: Path, out: Path, max_steps: int = 4) -> list[st
             "--set", "train.learning_rate=1e-3", "--set", "train.threads=1", "--set", "eval.after_train=false",
             "--set", "train.precision=fp32", "--set", "train.distributed=fsdp", "--set", "train.save_every=2",
             "--set", "train.save_total_limit=5"]
-
-
-def _torchrun(args: list[str]) -> list[str]:
-    torchrun = Path(sys.executable).with_name("torchrun")
-    return [str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()), *args]
 
 
 def _ok(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -68,7 +63,7 @@ def fsdp_runs(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fsdp")
     data = write_jsonl(tmp / "train.jsonl", _rows(32))
     _ok([sys.executable, *_args(tiny_model_dir, data, tmp / "one")])
-    _ok(_torchrun(_args(tiny_model_dir, data, tmp / "two")))
+    _ok(torchrun_cmd(_args(tiny_model_dir, data, tmp / "two")))
     return {"one": tmp / "one", "two": tmp / "two", "data": data, "base": tiny_model_dir}
 
 
@@ -121,7 +116,7 @@ def _kill_at_checkpoint(cmd: list[str], run: Path, step: int) -> None:
 
 def _resume_and_compare(args: list[str], run: Path, reference: Path, processes: int) -> None:
     resume = [*args, "--output", str(run), "--resume"]
-    _ok(_torchrun(resume) if processes == 2 else [sys.executable, *resume])
+    _ok(torchrun_cmd(resume) if processes == 2 else [sys.executable, *resume])
     assert [r["step"] for r in read_metrics(metrics_path(run))] == [1, 2, 3, 4]
     _assert_close(_weights(reference), _weights(run), f"resumed on {processes} vs uninterrupted")
 
@@ -130,7 +125,7 @@ def test_a_killed_fsdp_run_resumes_exactly_on_two_processes_and_gathered_on_one(
     """SIGKILL both processes after the step-2 checkpoint; --resume on 2 processes, and on 1 (a copy), ends where the uninterrupted run did."""
     run = tmp_path / "killed"
     args = _args(fsdp_runs["base"], fsdp_runs["data"], run)
-    _kill_at_checkpoint(_torchrun(args), run, step=2)
+    _kill_at_checkpoint(torchrun_cmd(args), run, step=2)
     shutil.copytree(run, tmp_path / "on-one")
     _resume_and_compare(args, run, fsdp_runs["two"], processes=2)
     _resume_and_compare(args, tmp_path / "on-one", fsdp_runs["two"], processes=1)

@@ -343,20 +343,14 @@ def test_dpo_resume_after_sigkill_gives_the_same_adapter_as_an_uninterrupted_run
 
 def test_dpo_on_two_gloo_processes_gives_the_same_adapter_as_one_process(tiny_model_dir, tmp_path):
     """9 pairs, 8 per step: step 2 holds one pair, so rank 1 runs the idle pass (reference pass included)."""
-    from distributed_runs import TORCHRUN_TIMEOUT_S, _free_port, _run_bounded
+    from distributed_runs import train_one_and_two_processes
     from safetensors.torch import load_file
 
     data = write_jsonl(tmp_path / "train.jsonl", _pair_rows(9))
     sets = {**RUN_SETS, "train.batch_size": 8, "train.max_steps": 2}
     args = ["-m", "tunewright.cli", "train", "--model", str(tiny_model_dir), "--data", str(data),
             *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
-    single = _run_bounded([sys.executable, *args, "--output", str(tmp_path / "one")], TORCHRUN_TIMEOUT_S)
-    assert single.returncode == 0, single.stderr[-2000:]
-    torchrun = Path(sys.executable).with_name("torchrun")
-    multi = _run_bounded([str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()), *args,
-                          "--output", str(tmp_path / "two")], TORCHRUN_TIMEOUT_S)
-    assert multi.returncode == 0, multi.stderr[-3000:]
-    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    one, two = (_metrics(run) for run in train_one_and_two_processes(args, tmp_path))
     for key in ("loss", "reward_margin", "preference_accuracy", "logps_chosen", "logps_rejected", "grad_norm"):
         assert [r[key] for r in two] == pytest.approx([r[key] for r in one], rel=1e-5, abs=1e-6), key
     a, b = (load_file(str(tmp_path / r / "adapter" / "adapter_model.safetensors")) for r in ("one", "two"))
