@@ -35,6 +35,8 @@ from bench_report import (  # noqa: F401  (re-exported: the bench's public maths
     write_report,
 )
 
+from bench_threads import fewer_threads_warnings, print_warnings, resolved_threads
+
 from tunewright.train.hparams import BF16_CPU_FLAGS, cpu_flags, native_bf16
 from tunewright.train.metrics_log import metrics_path, read_metrics
 
@@ -169,6 +171,7 @@ def tunewright_result(run_dir: Path) -> dict:
         "peak_memory_bytes": summary["peak_memory_bytes"],
         "final_train_loss": summary["final_train_loss"],
         "final_eval_loss": eval_rows[-1]["eval_loss"] if eval_rows else summary.get("final_eval_loss"),
+        **resolved_threads(run_dir),
     }
 
 
@@ -319,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             add_mfu(r, dims, peaks)
     import torch
 
+    warnings = fewer_threads_warnings(results)
     report = {
         "command": command,
         "results": results,
@@ -333,10 +337,12 @@ def main(argv: list[str] | None = None) -> int:
             "load_before": load_before, "load_after": load_average(),
         },
         "settings": {k: v for k, v in vars(args).items()},
+        "warnings": warnings,
     }
     json_path, md_path = write_report(report, out_dir)
     print(render_markdown(report))
     print(f"bench: wrote {md_path} and {json_path}", file=sys.stderr)
+    print_warnings(warnings)
     failed = [n for n, r in results.items() if r.get("failed")]
     if failed:
         raise SystemExit(1)

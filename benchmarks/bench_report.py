@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench_threads import threads_cell
+
 LABELS = {
     "tunewright": "tunewright, fp32",
     "tunewright_bf16": "tunewright, bf16 autocast",
@@ -106,14 +108,14 @@ def _fmt(value, kind: str = "") -> str:
 
 def render_markdown(report: dict) -> str:
     """The results table, the ratios against the goals, and how the numbers were made."""
-    lines = ["| tool | steps | real tokens/s | pad share | peak memory | final train loss | validation loss | MFU |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| tool | threads | steps | real tokens/s | pad share | peak memory | final train loss | validation loss | MFU |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in report["results"].items():
         label = LABELS.get(name, name)
         if not r.get("ok", True):
-            lines.append(f"| {label} | not run: {r.get('reason', 'failed')} | | | | | | |")
+            lines.append(f"| {label} | not run: {r.get('reason', 'failed')} | | | | | | | |")
             continue
-        lines.append(f"| {label} | {r.get('steps')} | {_fmt(r.get('tokens_per_s'))} | {_fmt(r.get('pad_share'), 'pct')} "
+        lines.append(f"| {label} | {threads_cell(r)} | {r.get('steps')} | {_fmt(r.get('tokens_per_s'))} | {_fmt(r.get('pad_share'), 'pct')} "
                      f"| {_fmt(r.get('peak_memory_bytes'), 'gb')} | {_fmt(r.get('final_train_loss'))} "
                      f"| {_fmt(r.get('final_eval_loss'))} | {_fmt(r.get('mfu'), 'pct')} |")
     ratios = report["ratios"]
@@ -140,9 +142,17 @@ def render_markdown(report: dict) -> str:
                      f"load average before/after: {env.get('load_before')} / {env.get('load_after')}")
     lines.append(f"- tokens/s: real (non-pad) tokens over optimizer steps 2..N (step 1 warms up allocator and threads); "
                  f"memory: {'peak CUDA allocation' if env.get('cuda') else 'peak RSS of each process (model load included)'}")
+    lines += _thread_notes(report)
     lines.append(f"- MFU: {FLOP_FORMULA}")
     lines.append(f"- command: `{report.get('command', '')}`")
     return "\n".join(lines) + "\n"
+
+
+def _thread_notes(report: dict) -> list[str]:
+    """Why each `auto` thread count is what it is, then the warnings (auto below the machine's cores)."""
+    notes = [f"- threads: {name} {threads_cell(r)}: {r['threads_reason']}"
+             for name, r in report["results"].items() if r.get("threads_reason")]
+    return notes + [f"- {line}" for line in report.get("warnings", [])]
 
 
 def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:

@@ -93,7 +93,7 @@ def test_report_files_and_table(tmp_path):
     json_path, md_path = bench.write_report(report, tmp_path / "out")
     assert json.loads(json_path.read_text())["ratios"]["vs_trainer_same_precision"] == pytest.approx(3.0)
     md = md_path.read_text()
-    assert "| tunewright, fp32 | 10 | 300.0 | 0.0% | 2.00 GB | 2.0000 | 2.0000 | 31.0% |" in md
+    assert "| tunewright, fp32 | - | 10 | 300.0 | 0.0% | 2.00 GB | 2.0000 | 2.0000 | 31.0% |" in md
     assert "not run: trl is not installed" in md
     assert "| tunewright fp32 / Trainer+PEFT fp32 (tokens/s) | 3.00x | >= 2x | yes |" in md
     assert "217.0 GFLOP/s" in md and "tunewright bench --steps 10" in md
@@ -113,6 +113,7 @@ def test_tunewright_result_reads_summary_and_metrics(tmp_path):
     assert r["tokens_per_s"] == pytest.approx(125.0)
     assert r["first_step_seconds"] == pytest.approx(10.0)
     assert r["timed_trained_tokens"] == 200 and r["final_eval_loss"] == 2.2 and r["pad_share"] == 0.0625
+    assert r["threads"] is None  # no config.yaml in this folder: the table says "-"
 
 
 def test_plan_skips_with_reasons():
@@ -191,3 +192,72 @@ def test_trl_baseline_trains_two_steps(tmp_path, tiny_model_dir, packing):
     r = _run_baseline("trl_sft.py", tmp_path, tiny_model_dir, _trl_python(), "--packing" if packing else "--no-packing")
     _check_baseline(r, "trl_packing" if packing else "trl_no_packing")
     assert (r["pad_share"] == 0) == packing
+
+
+def _plant_run_config(run_dir: Path, threads: int, reason: str | None) -> None:
+    """config.yaml as a run writes it (the real writer), with `threads` resolved to the planted value."""
+    from tunewright.config import RunConfig, to_yaml
+
+    cfg = RunConfig.model_validate({"train": {"threads": threads}})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg, {"train.threads": reason} if reason else None))
+
+
+def test_tunewright_result_reports_the_threads_auto_resolved_to(tmp_path, monkeypatch):
+    """The real rule on a planted load (one of two cores busy elsewhere) -> config.yaml -> the bench's result."""
+    from tunewright.train import cpu_usage
+    from tunewright.train.hparams import threads_choice
+
+    monkeypatch.setattr(cpu_usage, "usable_cores", lambda: 2)
+    monkeypatch.setattr("tunewright.train.hparams.usable_cores", lambda: 2)
+    threads, reason = threads_choice(busy_elsewhere=lambda: 1.0)
+    _plant_run_config(tmp_path, threads, reason)
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "tokens": 100, "tokens_per_s": 10.0, "loss": 3.0}) + "\n")
+    (tmp_path / "summary.json").write_text(json.dumps({
+        "steps": 1, "train_seconds": 10.0, "real_tokens": 100, "padded_tokens": 100, "trained_tokens": 40,
+        "pad_share": 0.0, "peak_memory_bytes": 1, "final_train_loss": 3.0}))
+    r = bench.tunewright_result(tmp_path)
+    assert r["threads"] == 1 and r["threads_auto"] is True
+    assert r["threads_reason"].startswith("1: 2 cores, 1.0 busy with other processes")
+
+
+def test_a_set_thread_count_is_not_reported_as_auto(tmp_path):
+    import bench_threads
+
+    _plant_run_config(tmp_path, 2, None)
+    assert bench_threads.resolved_threads(tmp_path) == {"threads": 2, "threads_auto": False, "threads_reason": None}
+
+
+def test_bench_warns_only_when_auto_picked_fewer_threads_than_cores():
+    import bench_threads
+
+    results = {"tunewright": _result(100.0, 1e9, threads=1, threads_auto=True, threads_reason="1: 2 cores, 1.0 busy"),
+               "tunewright_bf16": _result(150.0, 1e9, threads=2, threads_auto=True, threads_reason="2: 2 cores, 0.0 busy"),
+               "trainer_peft": _result(90.0, 3e9, threads=1)}  # a set count, not auto: no warning
+    lines = bench_threads.fewer_threads_warnings(results, cores=2)
+    assert len(lines) == 1
+    assert "tunewright: threads: auto picked 1 of 2 cores (1: 2 cores, 1.0 busy)" in lines[0]
+    assert "--threads 2" in lines[0]
+    assert bench_threads.fewer_threads_warnings(results, cores=1) == []
+
+
+def test_the_warning_is_one_yellow_line(capsys, monkeypatch):
+    import bench_threads
+
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    bench_threads.print_warnings(["warning: tunewright: threads: auto picked 1 of 2 cores"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b[33m" in err and "auto picked 1 of 2 cores" in err
+
+
+def test_report_table_shows_the_resolved_threads_and_the_warning(tmp_path):
+    results = {"tunewright": _result(100.0, 1e9, threads=1, threads_auto=True, threads_reason="1: 2 cores, 1.0 busy"),
+               "trainer_peft": _result(90.0, 3e9, threads=2)}
+    report = {"command": "tunewright bench", "results": results, "ratios": bench.compute_ratios(results),
+              "warnings": ["warning: tunewright: threads: auto picked 1 of 2 cores"]}
+    md = bench.render_markdown(report)
+    assert "| tool | threads |" in md
+    assert "| tunewright, fp32 | auto → 1 | 10 |" in md and "| transformers.Trainer + PEFT, pad to longest, fp32 | 2 | 10 |" in md
+    assert "- threads: tunewright auto → 1: 1: 2 cores, 1.0 busy" in md
+    assert "- warning: tunewright: threads: auto picked 1 of 2 cores" in md
