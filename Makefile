@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 LLAMA_VENV := .venv-llama
 LLAMA_CPP := llama-cpp-python==0.3.36
 
-.PHONY: setup browser llama postgres test quickstart bench clean
+.PHONY: setup browser llama postgres test quickstart bench gpu-bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -57,6 +57,12 @@ bench:
 	@# pytest too, so the TRL cross-check runs here: .venv-bench/bin/python -m pytest tests/train/test_preference_trl.py
 	.venv-bench/bin/python -m pip install -q pytest
 	.venv-bench/bin/tunewright bench $(BENCH_ARGS)
+
+gpu-bench: setup
+	@# on a CUDA machine: tunewright vs Trainer + PEFT, bf16, random-init Llama-3.2-1B shape (benchmarks/gpu_bench.py);
+	@# Liger kernels / flash-attention varlen run where installed (pip install liger-kernel flash-attn). Writes its
+	@# table to $$OUT or benchmarks/out/gpu_bench; exits 77 with the reason on a machine without CUDA
+	$(PY) benchmarks/gpu_bench.py $(GPU_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LLAMA_VENV) runs .pytest_cache

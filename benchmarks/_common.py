@@ -55,12 +55,13 @@ def load_examples(model: str, data: str, validation: str | None, max_len: int):
     return model_dir, tokenizer, prepared.train, prepared.validation
 
 
-def load_lora_model(model_dir: str, r: int = 16, alpha: float = 32, dropout: float = 0.05):
-    """The fp32 base from the plain HF folder plus PEFT LoRA on every linear layer, as users set it up."""
+def load_lora_model(model_dir: str, r: int = 16, alpha: float = 32, dropout: float = 0.05, dtype: torch.dtype = torch.float32,
+                    attn_implementation: str | None = None):
+    """The base (fp32 unless told) from the plain HF folder plus PEFT LoRA on every linear layer, as users set it up."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn_implementation)
     model.config.use_cache = False  # no KV cache while training (also what keeps packed rows apart)
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
@@ -134,8 +135,9 @@ def token_weighted_loss(model, examples, batch_size: int = 8, pad_id: int = 0) -
         ids = torch.tensor([e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in chunk])
         labels = torch.tensor([e.labels + [IGNORE_INDEX] * (width - len(e.labels)) for e in chunk])
         mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in chunk])
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        target = labels[:, 1:]
+        device = next(model.parameters()).device  # Trainer moved the model to the GPU where there is one
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
+        target = labels[:, 1:].to(device)
         total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum",
                                                    ignore_index=IGNORE_INDEX).item()
         count += int((target != IGNORE_INDEX).sum())

@@ -74,10 +74,11 @@ def tunewright_command(model: str, data: Path, validation: Path, run_dir: Path, 
     return cmd
 
 
-def trainer_command(model: str, data: Path, validation: Path, out_json: Path, precision: str, steps: int, args) -> list[str]:
+def trainer_command(model: str, data: Path, validation: Path, out_json: Path, precision: str, steps: int, args,
+                    extra=()) -> list[str]:
     return [sys.executable, str(BENCH_DIR / "trainer_peft.py"), "--model", model, "--data", str(data),
             "--validation", str(validation), "--steps", str(steps), "--micro-batch", str(args.batch),
-            "--max-len", str(args.max_len), "--lr", str(args.lr), "--precision", precision, "--out", str(out_json)]
+            "--max-len", str(args.max_len), "--lr", str(args.lr), "--precision", precision, "--out", str(out_json), *extra]
 
 
 def _run(cmd: list[str], log: Path, timeout: int) -> tuple[float, str]:
@@ -118,12 +119,14 @@ def measure_tunewright(model: str, files: dict, precision: str, args, out: Path)
     return result
 
 
-def measure_trainer(model: str, files: dict, precision: str, args, out: Path) -> dict:
-    out_json = out / f"trainer_peft_{precision}.json"
+def measure_trainer(model: str, files: dict, precision: str, args, out: Path, name: str | None = None, extra=()) -> dict:
+    """Trainer + PEFT over one epoch of the long data; `extra` flags of trainer_peft.py make a variant (`name`)."""
+    name = name or f"trainer_peft_{precision}"
+    out_json = out / f"{name}.json"
     out_json.unlink(missing_ok=True)
     steps = math.ceil(args.rows / args.batch)  # one epoch
-    wall, load = _run(trainer_command(model, files["large"], files["validation"], out_json, precision, steps, args),
-                      out / "logs" / f"trainer_peft_{precision}.log", args.timeout)
+    wall, load = _run(trainer_command(model, files["large"], files["validation"], out_json, precision, steps, args, extra),
+                      out / "logs" / f"{name}.log", args.timeout)
     return {**json.loads(out_json.read_text()), "ok": True, "precision": precision, "loads": [load], "wall": round(wall, 2)}
 
 
@@ -155,9 +158,13 @@ def add_peaks_and_mfu(results: dict[str, dict], model: str, lengths: list[int], 
         return {}
     dims = model_dims(json.loads((Path(local_model_dir(model)) / "config.json").read_text()))
     stats = {"sum_len": sum(lengths), "sum_len_sq": sum(n * n for n in lengths)}
+    import torch
+
     peaks: dict[str, dict] = {}
     for r in results.values():
-        key = f"{r['threads']} threads"
+        if not r.get("ok"):
+            continue
+        key = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{r['threads']} threads"
         if key not in peaks:
             peaks[key] = {dtype: matmul_peak(dtype, threads=r["threads"], budget_s=args.peak_budget)
                           for dtype in ("float32", "bfloat16")}

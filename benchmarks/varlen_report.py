@@ -6,7 +6,10 @@ import sys
 from bench_threads import threads_cell
 
 LABELS = {"tunewright_fp32": "tunewright fp32", "tunewright_bf16": "tunewright bf16",
-          "trainer_peft_fp32": "Trainer + PEFT fp32", "trainer_peft_bf16": "Trainer + PEFT bf16"}
+          "trainer_peft_fp32": "Trainer + PEFT fp32", "trainer_peft_bf16": "Trainer + PEFT bf16",
+          "trainer_peft_bf16_liger": "Trainer + PEFT bf16 + Liger kernels",
+          "trainer_peft_bf16_flash": "Trainer + PEFT bf16 + flash-attention varlen (padding-free)",
+          "trainer_peft_bf16_liger_flash": "Trainer + PEFT bf16 + Liger + flash-attention varlen"}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -17,7 +20,7 @@ def add_ratios(results: dict[str, dict]) -> None:
     """Each tunewright run against Trainer at its own precision and against Trainer fp32 (the default users get)."""
     trainer_fp32 = results.get("trainer_peft_fp32", {})
     for name, r in results.items():
-        if not name.startswith("tunewright_"):
+        if not name.startswith("tunewright_") or not r.get("ok"):
             continue
         same = results.get(f"trainer_peft_{r['precision']}", {})
         r["vs_trainer_same_precision"] = _ratio(r.get("tokens_per_s"), same.get("tokens_per_s"))
@@ -25,6 +28,11 @@ def add_ratios(results: dict[str, dict]) -> None:
         r["memory_vs_trainer"] = _ratio(r.get("peak_memory_bytes"), same.get("peak_memory_bytes"))
         loss, base = r.get("final_eval_loss"), same.get("final_eval_loss")
         r["eval_loss_rel_diff"] = (loss - base) / base if loss is not None and base else None
+        variants = {n: v["tokens_per_s"] for n, v in results.items() if n.startswith(f"trainer_peft_{r['precision']}")
+                    and v.get("ok") and v.get("tokens_per_s")}
+        if len(variants) > 1:  # GPU runs: against the fastest way of running Trainer too
+            fastest = max(variants, key=variants.get)
+            r["vs_fastest_trainer"] = {"variant": fastest, "ratio": _ratio(r.get("tokens_per_s"), variants[fastest])}
 
 
 def summarize(results: dict[str, dict], peaks: dict, lengths: list[int], args, model: str, machine: dict,
@@ -52,6 +60,9 @@ def render(report: dict) -> str:
              "| memory vs Trainer | validation loss | vs Trainer's | MFU |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in report["results"].items():
+        if not r.get("ok", True):
+            lines.append(f"| {LABELS.get(name, name)} | not run: {r.get('reason', 'failed')} |" + " |" * 8)
+            continue
         loss = r.get("final_eval_loss")
         lines.append(f"| {LABELS.get(name, name)} | {threads_cell(r)} | {_fmt(r.get('tokens_per_s'))} "
                      f"| {_fmt(r.get('vs_trainer_same_precision'), 'x')} | {_fmt(r.get('vs_trainer_fp32'), 'x')} "
@@ -59,7 +70,7 @@ def render(report: dict) -> str:
                      f"| {'-' if loss is None else f'{loss:.4f}'} | {_fmt(r.get('eval_loss_rel_diff'), 'signed')} "
                      f"| {_fmt(r.get('mfu'), 'pct')} |")
     n = report["lengths"]
-    trainer_pad = [r["pad_share"] for k, r in report["results"].items() if k.startswith("trainer") and "pad_share" in r]
+    trainer_pad = [r["pad_share"] for k, r in report["results"].items() if k.startswith("trainer") and r.get("pad_share")]
     shape = f"random-init {report['random_init']} shape ({report['model']})" if report.get("random_init") else report["model"]
     lines += ["", f"- data: {n['rows']} rows of {n['min']}..{n['max']} tokens (mean {n['mean']:.0f}), batch {report['batch']}, "
                   f"max length {report['max_len']}, one epoch; padding to the longest costs "
@@ -70,6 +81,10 @@ def render(report: dict) -> str:
               f"and a {report['rows']}-row run (start-up cancels); Trainer + PEFT: its training steps 2..N only",
               "- memory: peak RSS of each process (model load included); validation loss: token-weighted, same rows"]
     for name, r in report["results"].items():
+        if r.get("vs_fastest_trainer"):
+            fastest = r["vs_fastest_trainer"]
+            lines.append(f"- {LABELS.get(name, name)} vs the fastest Trainer variant ({LABELS.get(fastest['variant'])}): "
+                         f"{_fmt(fastest['ratio'], 'x')}")
         if r.get("threads_reason"):
             lines.append(f"- threads: {LABELS.get(name, name)} {threads_cell(r)}: {r['threads_reason']}")
         if r.get("threads_note"):
