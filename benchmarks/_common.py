@@ -191,11 +191,12 @@ def write_result(path: str, tool: str, timer, counter: BatchCounter, val_loss: f
     return result
 
 
-def _versions() -> dict:
+def _versions(packages: tuple[str, ...] = ("torch", "transformers", "peft", "trl", "accelerate")) -> dict:
+    """Installed versions of `packages`; the ones not installed are left out."""
     import importlib.metadata as md
 
     out = {}
-    for pkg in ("torch", "transformers", "peft", "trl", "accelerate"):
+    for pkg in packages:
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

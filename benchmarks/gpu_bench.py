@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _common  # noqa: E402
 from bench import _cpu_name, load_average  # noqa: E402
 from bench_threads import fewer_threads_warnings, print_warnings  # noqa: E402
 from varlen_data import REAL_CONFIGS, build_data_files, pad_share_in_order  # noqa: E402
@@ -114,7 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-
     from varlen import add_peaks_and_mfu, prepared_lengths
     from varlen_report import render, summarize
 
@@ -123,29 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     lengths = prepared_lengths(model, done["files"]["large"], args.max_len)
     peaks = add_peaks_and_mfu({k: r for k, r in results.items() if r.get("ok")}, model, lengths, args)
     machine = {"cpu": f"{torch.cuda.get_device_name()} (host {_cpu_name()})", "cores": os.cpu_count(),
-               "bf16": "CUDA bf16", "load_after": load_average()}
+               "bf16": "CUDA bf16", "load_after": load_average(), "memory": "peak CUDA allocation of each process"}
     report = summarize(results, peaks, lengths, args, model, machine, pad_share_in_order(lengths, args.batch),
                        fewer_threads_warnings(results))
     report["command"] = "python benchmarks/gpu_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report["versions"] = _versions()
+    report["versions"] = _common._versions(("torch", "transformers", "peft", "accelerate", "liger-kernel", "flash-attn"))
     (out / "gpu_bench.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "gpu_bench.md").write_text(render(report))
     print(render(report))
     print(f"gpu_bench: wrote {out / 'gpu_bench.md'} and {out / 'gpu_bench.json'}", file=sys.stderr)
     print_warnings(report["warnings"])
     return 1 if any(r.get("failed") for r in results.values()) else 0
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    found = {}
-    for pkg in ("torch", "transformers", "peft", "liger-kernel", "flash-attn"):
-        try:
-            found[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            found[pkg] = None
-    return found
 
 
 if __name__ == "__main__":

@@ -34,7 +34,12 @@ def main(argv: list[str] | None = None) -> dict:
     _common.quiet()
     _common.setup_threads(args.threads)
     from datasets import Dataset
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, Trainer, TrainingArguments
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        DataCollatorWithFlattening,
+        Trainer,
+        TrainingArguments,
+    )
 
     model_dir, tokenizer, train, validation = _common.load_examples(args.model, args.data, args.validation, args.max_len)
     dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in train])

@@ -28,10 +28,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import _cpu_name, bf16_support_explained, load_average, matmul_peak, run_logged  # noqa: E402
+from bench import (  # noqa: E402
+    _cpu_name,
+    bf16_support_explained,
+    load_average,
+    matmul_peak,
+    run_logged,
+)
 from bench_report import add_mfu, model_dims  # noqa: E402
-from bench_threads import fewer_threads_warnings, print_warnings, resolved_threads, threads_cell  # noqa: E402
-from varlen_data import REAL_CONFIGS, build_data_files, build_random_model, pad_share_in_order  # noqa: E402
+from bench_threads import fewer_threads_warnings, print_warnings, resolved_threads  # noqa: E402
+from varlen_data import (  # noqa: E402
+    REAL_CONFIGS,
+    build_data_files,
+    build_random_model,
+    pad_share_in_order,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 PRECISIONS = ("fp32", "bf16")

@@ -56,8 +56,8 @@ def _fmt(value, kind: str = "") -> str:
 
 
 def render(report: dict) -> str:
-    lines = ["| run | threads | real tokens/s | vs Trainer, same precision | vs Trainer fp32 | peak memory "
-             "| memory vs Trainer | validation loss | vs Trainer's | MFU |",
+    lines = [("| run | threads | real tokens/s | vs Trainer, same precision | vs Trainer fp32 | peak memory "
+              "| memory vs Trainer | validation loss | vs Trainer's | MFU |"),
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in report["results"].items():
         if not r.get("ok", True):
@@ -72,14 +72,15 @@ def render(report: dict) -> str:
     n = report["lengths"]
     trainer_pad = [r["pad_share"] for k, r in report["results"].items() if k.startswith("trainer") and r.get("pad_share")]
     shape = f"random-init {report['random_init']} shape ({report['model']})" if report.get("random_init") else report["model"]
-    lines += ["", f"- data: {n['rows']} rows of {n['min']}..{n['max']} tokens (mean {n['mean']:.0f}), batch {report['batch']}, "
-                  f"max length {report['max_len']}, one epoch; padding to the longest costs "
-                  f"{report['pad_share_in_order']:.0%} of the tokens in file order"
-                  + (f", {trainer_pad[0]:.0%} in Trainer's shuffled batches" if trainer_pad else ""),
+    lines += ["", (f"- data: {n['rows']} rows of {n['min']}..{n['max']} tokens (mean {n['mean']:.0f}), batch {report['batch']}, "
+                   f"max length {report['max_len']}, one epoch; padding to the longest costs "
+                   f"{report['pad_share_in_order']:.0%} of the tokens in file order"
+                   + (f", {trainer_pad[0]:.0%} in Trainer's shuffled batches" if trainer_pad else "")),
               f"- model: {shape}, LoRA r16 alpha 32 all-linear, learning rate {report['lr']:g}",
-              f"- tunewright: the CLI with threads: auto; tokens/s = Δ real tokens / Δ wall between a {report['small_rows']}-row "
-              f"and a {report['rows']}-row run (start-up cancels); Trainer + PEFT: its training steps 2..N only",
-              "- memory: peak RSS of each process (model load included); validation loss: token-weighted, same rows"]
+              (f"- tunewright: the CLI with threads: auto; tokens/s = Δ real tokens / Δ wall between a {report['small_rows']}-row "
+               f"and a {report['rows']}-row run (start-up cancels); Trainer + PEFT: its training steps 2..N only"),
+              (f"- memory: {report['machine'].get('memory', 'peak RSS of each process (model load included)')}; "
+               "validation loss: token-weighted over the same rows")]
     for name, r in report["results"].items():
         if r.get("vs_fastest_trainer"):
             fastest = r["vs_fastest_trainer"]
