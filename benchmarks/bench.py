@@ -44,7 +44,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 DEFAULT_DATA = "examples/stdlib-qa/train.jsonl"
 DEFAULT_VALIDATION = "examples/stdlib-qa/test.jsonl"
-RUNNERS = ("tunewright", "tunewright_bf16", "trainer_peft", "trl_no_packing", "trl_packing")
+RUNNERS = ("tunewright", "tunewright_bf16", "trainer_peft", "trainer_peft_bf16", "trl_no_packing", "trl_packing")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tunewright bench", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
@@ -242,9 +242,9 @@ def plan(args, bf16_ok: bool, trl_python: str | None) -> dict[str, str | None]:
         reason = None
         if name == "tunewright" and args.precision == "bf16":
             reason = "--precision bf16"
-        if name == "tunewright_bf16" and args.precision == "fp32":
+        if name.endswith("_bf16") and args.precision == "fp32":
             reason = "--precision fp32"
-        if name == "tunewright_bf16" and args.precision == "auto" and not bf16_ok:
+        if name.endswith("_bf16") and args.precision == "auto" and not bf16_ok:
             reason = "no native bf16 on this hardware (force with --precision bf16)"
         if name.startswith("trl") and trl_python is None:
             reason = "trl is not installed (make bench installs it into .venv-bench)"
@@ -295,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             out_json.unlink(missing_ok=True)
             script, extra, steps = {
                 "trainer_peft": ("trainer_peft.py", [], args.steps),
+                "trainer_peft_bf16": ("trainer_peft.py", ["--precision", "bf16"], args.steps),
                 "trl_no_packing": ("trl_sft.py", ["--no-packing"], args.steps),
                 "trl_packing": ("trl_sft.py", ["--packing"], args.trl_packing_steps or packing_steps(args, lengths)),
             }[name]

@@ -261,3 +261,18 @@ def test_report_table_shows_the_resolved_threads_and_the_warning(tmp_path):
     assert "| tunewright, fp32 | auto → 1 | 10 |" in md and "| transformers.Trainer + PEFT, pad to longest, fp32 | 2 | 10 |" in md
     assert "- threads: tunewright auto → 1: 1: 2 cores, 1.0 busy" in md
     assert "- warning: tunewright: threads: auto picked 1 of 2 cores" in md
+
+
+def test_trainer_bf16_runs_where_tunewright_bf16_does_and_is_its_ratio():
+    """Trainer + PEFT at bf16 (its bf16=True) beside tunewright bf16: the issue's "equal precision" ratio."""
+    no_bf16 = bench.plan(bench.build_parser().parse_args([]), bf16_ok=False, trl_python=None)
+    assert "no native bf16" in no_bf16["trainer_peft_bf16"]
+    assert bench.plan(bench.build_parser().parse_args([]), bf16_ok=True, trl_python=None)["trainer_peft_bf16"] is None
+    assert bench.plan(bench.build_parser().parse_args(["--precision", "fp32"]), True, None)["trainer_peft_bf16"] == "--precision fp32"
+    results = {"tunewright": _result(200.0, 2e9), "tunewright_bf16": _result(600.0, 2e9, precision="bf16"),
+               "trainer_peft": _result(100.0, 5e9), "trainer_peft_bf16": _result(150.0, 5e9, precision="bf16")}
+    ratios = bench.compute_ratios(results)
+    assert ratios["bf16_vs_trainer_bf16"] == pytest.approx(4.0) and ratios["goals_met"]["bf16_vs_trainer_bf16"] is True
+    md = bench.render_markdown({"results": results, "ratios": ratios})
+    assert "| tunewright bf16 / Trainer+PEFT bf16 (tokens/s) | 4.00x | >= 2x | yes |" in md
+    assert "| transformers.Trainer + PEFT, pad to longest, bf16 autocast |" in md
