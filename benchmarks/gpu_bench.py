@@ -83,7 +83,12 @@ def output_dir(explicit: str | None) -> Path:
 
 def run_all(args, out: Path) -> dict[str, dict]:
     """Every run, in order; a run that fails is recorded with its reason and the others still run."""
-    from varlen import measure_trainer, measure_tunewright, prepare_model
+    from varlen import (
+        measure_trainer,
+        measure_tunewright,
+        prepare_model,
+        prepared_lengths,
+    )
 
     args.model, args.random_init = args.tokenizer, args.shape
     model = prepare_model(args, out)
@@ -91,6 +96,8 @@ def run_all(args, out: Path) -> dict[str, dict]:
 
     files = build_data_files(load_tokenizer(model), out / "data", args.rows, args.small_rows, args.validation_rows,
                              args.min_len, args.max_len)
+    prepared_lengths(model, files["small"], args.max_len, files["validation"])  # tokenized once, before any timing
+    lengths = prepared_lengths(model, files["large"], args.max_len, files["validation"])
     results: dict[str, dict] = {}
     plan = {"tunewright_bf16": (None, None), **trainer_variants()}
     for name, (flags, skip) in plan.items():
@@ -103,7 +110,7 @@ def run_all(args, out: Path) -> dict[str, dict]:
                              else measure_trainer(model, files, "bf16", args, out, name, flags))
         except RuntimeError as e:  # one broken variant (a kernel package that does not fit this GPU) must not lose the rest
             results[name] = {"ok": False, "reason": str(e), "failed": True}
-    return {"model": model, "files": files, "results": results}
+    return {"model": model, "lengths": lengths, "results": results}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,12 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from varlen import add_peaks_and_mfu, prepared_lengths
+    from varlen import add_peaks_and_mfu
     from varlen_report import render, summarize
 
     done = run_all(args, out)
-    results, model = done["results"], done["model"]
-    lengths = prepared_lengths(model, done["files"]["large"], args.max_len)
+    results, model, lengths = done["results"], done["model"], done["lengths"]
     peaks = add_peaks_and_mfu({k: r for k, r in results.items() if r.get("ok")}, model, lengths, args)
     machine = {"cpu": f"{torch.cuda.get_device_name()} (host {_cpu_name()})", "cores": os.cpu_count(),
                "bf16": "CUDA bf16", "load_after": load_average(), "memory": "peak CUDA allocation of each process"}
