@@ -39,7 +39,11 @@ def threads_cell(result: dict) -> str:
 
 
 def fewer_threads_warnings(results: dict[str, dict], cores: int | None = None) -> list[str]:
-    """One line per run whose `threads: auto` resolved below the cores this process may use."""
+    """One line per run whose `threads: auto` resolved below the cores this process may use (CPU training only)."""
+    import torch
+
+    if torch.cuda.is_available():  # next to a GPU auto takes torch's default, and CPU threads do not set the speed
+        return []
     cores = cores or usable_cores()
     lines = []
     for name, r in results.items():
