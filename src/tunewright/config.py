@@ -64,6 +64,9 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
     chunked_loss: bool = True
+    # lora/dora trained in bf16: frozen base linear weights stored in bf16 (adapter and optimizer stay fp32);
+    # false keeps them fp32 and autocast casts them in every forward (train/frozen_base.py)
+    bf16_base: bool = True
     eval_every: int | Auto = "auto"
     save_every: int | Auto = "auto"
     save_total_limit: int = Field(2, ge=1)

@@ -18,6 +18,7 @@ from ..errors import UserError
 from ..models import load_for_inference, load_model, load_tokenizer, local_model_dir
 from . import checkpoint as ckpt
 from . import distributed
+from .frozen_base import bf16_base_applies, restore_frozen_base, store_frozen_base_in_bf16
 from .guards import check_output_dir, reconcile_resume
 from .hparams import DataShape, native_bf16, resolve_with_reasons
 from .loop import run_training
@@ -150,6 +151,8 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
     notes.update(split_note)
     torch.set_num_threads(resolved.train.threads)  # once, here: `auto` counts the cores left idle after loading
     model = apply_method(model, resolved)
+    # bf16 autocast would cast the frozen base in every forward: store it in bf16 once (put back after training)
+    stored_base = store_frozen_base_in_bf16(model) if bf16_base_applies(resolved, accelerator.mixed_precision) else None
     measured = None
     if decided.train.learning_rate == "auto" and range_test_applies(resolved, accelerator.num_processes):
         measured = measure_learning_rate(model, data.train, resolved, accelerator, tokenizer.pad_token_id, run_dir)
@@ -168,6 +171,8 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
 
     result = run_training(model, data.train, data.validation, run_cfg, run_dir, accelerator, tokenizer.pad_token_id, resume_from)
     model = accelerator.unwrap_model(model)
+    if stored_base is not None:  # evaluation, RunResult.model and merges see the base as loaded, not bf16-rounded
+        restore_frozen_base(model, stored_base, model_dir, decided.trust_remote_code)
     gathered = distributed.gather_model(model)  # a sharded model's full weights (every process takes part)
     summary_distributed = distributed.describe(accelerator)  # before end_training ends the process group
     accelerator.end_training()
@@ -178,6 +183,7 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
         model = load_for_inference(str(run_dir)).model if accelerator.is_main_process else None
     summary = build_summary(result, time.perf_counter() - started, params, run_cfg)
     summary["distributed"] = summary_distributed
+    summary["frozen_base_bf16"] = stored_base is not None  # frozen_base.py: the base was stored in bf16 while training
     if run_cfg.objective != "sft":  # data.train / data.validation hold PreferencePairs
         summary.update({"objective": run_cfg.objective, "train_pairs": len(data.train), "validation_pairs": len(data.validation)})
     if accelerator.is_main_process:
