@@ -8,6 +8,8 @@ training loop as it stands; every other variant changes one thing.
 
     python benchmarks/levers.py --out benchmarks/out/levers.json            # all levers
     python benchmarks/levers.py --only packing,dropout --steps 4
+    python benchmarks/levers.py --only bf16_base --threads 1 --profile 25   # + torch.profiler's top ops per variant
+    python benchmarks/levers.py --only interleaved_bf16 --threads 1 --steps 7  # bf16 vs bf16_base, step by step in one process
 
 Both prototypes that were measured here (balanced packing rows, `FastLoraDropout`) now live in
 `tunewright.train`, and the levers measure that shipped code: `balanced` is the loop's own packing
@@ -52,6 +54,9 @@ VARIANTS = {
     "best_compile": {"batching": "balanced", "dropout": "fast", "compile": True},
     "adamw_fused": {"optimizer": "fused"},
     "adamw_foreach": {"optimizer": "foreach"},
+    # bf16 autocast as the loop runs it on bf16 CPUs: the fp32 base cast in every forward, or stored in bf16 once
+    "bf16": {"precision": "bf16"},
+    "bf16_base": {"precision": "bf16", "bf16_base": True},
 }
 LEVERS = {
     "packing": ["default", "padded", "balanced"],
@@ -62,6 +67,7 @@ LEVERS = {
     "threads": ["default", "threads_1"],
     "optimizer": ["default", "adamw_fused", "adamw_foreach"],
     "compile": ["best", "best_compile"],
+    "bf16_base": ["bf16", "bf16_base"],
 }
 
 
@@ -84,7 +90,7 @@ def _step_batches(examples, batching: str, pad_id: int, budget: int, max_len: in
 def run_variant(name: str, args) -> dict:
     """Train `args.steps` optimizer steps with one variant; tokens/s over steps 2..N, peak RSS, losses."""
     v = {"batching": "balanced", "chunked": True, "dropout": "peft", "checkpointing": False, "threads": args.threads,
-         "compile": False, "optimizer": "default", "budget": 4096, **VARIANTS[name]}
+         "compile": False, "optimizer": "default", "budget": 4096, "precision": "fp32", "bf16_base": False, **VARIANTS[name]}
     torch.set_num_threads(v["threads"])
     torch.manual_seed(0)
     from tunewright.models import load_model
@@ -94,6 +100,11 @@ def run_variant(name: str, args) -> dict:
 
     model_dir, tokenizer, cfg, examples = _examples(args.model, args.data, args.max_len)
     model = apply_method(load_model(model_dir), cfg)
+    if v["bf16_base"]:
+        from tunewright.train.frozen_base import store_frozen_base_in_bf16
+
+        store_frozen_base_in_bf16(model)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=v["precision"] == "bf16")
     if v["dropout"] == "fast":
         use_fast_lora_dropout(model)
     if v["checkpointing"]:
@@ -107,7 +118,10 @@ def run_variant(name: str, args) -> dict:
     opt_kwargs = {"fused": {"fused": True}, "foreach": {"foreach": True}, "default": {}}[v["optimizer"]]
     optimizer = torch.optim.AdamW(params, lr=2e-4, **opt_kwargs)
     seconds, real, padded, losses = [], [], [], []
+    profiler = _profiler(args.profile)
     for step in range(args.steps):
+        if step == 1:
+            profiler.start()  # the first step (allocations, one-off work) is not timed, nor profiled
         _, ids = step_example_ids(len(examples), args.micro_batch, 42, step)
         mbs = _step_batches([examples[i] for i in ids], v["batching"], tokenizer.pad_token_id, v["budget"],
                             v.get("row_len", args.max_len))
@@ -115,7 +129,8 @@ def run_variant(name: str, args) -> dict:
         start = time.perf_counter()
         total = 0.0
         for mb in mbs:
-            loss = forward(mb.input_ids, mb.position_ids, mb.labels)
+            with autocast:  # as accelerate wraps the loss module's forward; backward runs outside it
+                loss = forward(mb.input_ids, mb.position_ids, mb.labels)
             (loss / trained).backward()
             total += loss.item()
         optimizer.step()
@@ -124,6 +139,7 @@ def run_variant(name: str, args) -> dict:
         real.append(sum(mb.real_tokens for mb in mbs))
         padded.append(sum(mb.padded_tokens for mb in mbs))
         losses.append(total / trained)
+    profiler.stop()
     timed = slice(1, None)
     return {
         "variant": name, **v, "steps": args.steps,
@@ -134,7 +150,30 @@ def run_variant(name: str, args) -> dict:
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "setup_rss_bytes": setup_rss,
         "losses": losses,
+        **({"profile": _top_ops(profiler, args.profile)} if args.profile else {}),
     }
+
+
+class _NoProfiler:
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def _profiler(rows: int):
+    """torch.profiler over the timed steps when asked (`--profile N`; it slows them), else a stand-in that does nothing."""
+    return torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if rows else _NoProfiler()
+
+
+def _top_ops(profiler, rows: int) -> list[dict]:
+    """The `rows` ops with the most self CPU time over the profiled steps, with their share of the total."""
+    events = profiler.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:rows]
+    return [{"op": e.key, "self_cpu_s": round(e.self_cpu_time_total / 1e6, 3), "share": round(e.self_cpu_time_total / total, 4),
+             "calls": e.count} for e in top]
 
 
 def interleaved(args, names: list[str]) -> dict:
@@ -161,6 +200,17 @@ def interleaved(args, names: list[str]) -> dict:
                 for n, d in (fast_drops if kind == "fast" else peft_drops)[id(m)].items():
                     m.lora_dropout[n] = d
 
+    weights = {False: {n: p.data for n, p in model.named_parameters()}}  # bf16_base off / on: the same values either way
+    if any(VARIANTS[n].get("bf16_base") for n in names):
+        from tunewright.train.frozen_base import store_frozen_base_in_bf16
+
+        store_frozen_base_in_bf16(model)
+        weights[True] = {n: p.data for n, p in model.named_parameters()}
+
+    def set_base(bf16: bool) -> None:
+        for n, p in model.named_parameters():
+            p.data = weights[bf16][n]
+
     loss_module = TokenLoss(model)
     loss_module.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -171,13 +221,17 @@ def interleaved(args, names: list[str]) -> dict:
         for name in names if step % 2 == 0 else reversed(names):
             v = {"batching": "balanced", "chunked": True, "dropout": "peft", **VARIANTS[name]}
             set_dropout(v["dropout"])
+            set_base(v.get("bf16_base", False))
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=v.get("precision") == "bf16")
             torch.set_num_threads(v.get("threads", args.threads))
             loss_module.fast = v["chunked"] and loss_module._parts[0] is not None
             mbs = _step_batches([examples[i] for i in ids], v["batching"], tokenizer.pad_token_id, 4096, args.max_len)
             trained = sum(mb.trained_tokens for mb in mbs)
             start = time.perf_counter()
             for mb in mbs:
-                (loss_module(mb.input_ids, mb.position_ids, mb.labels) / trained).backward()
+                with autocast:
+                    loss = loss_module(mb.input_ids, mb.position_ids, mb.labels)
+                (loss / trained).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if step > 0:
@@ -256,7 +310,7 @@ def optimizer_step_time(n_params: int = 4_884_480, tensors: int = 420, reps: int
 def _child(kind: str, name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", f"{kind}:{name}", "--model", args.model, "--data", args.data,
            "--steps", str(args.steps), "--micro-batch", str(args.micro_batch), "--max-len", str(args.max_len),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--profile", str(args.profile)]
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=args.timeout)
     if proc.returncode != 0:
@@ -266,7 +320,7 @@ def _child(kind: str, name: str, args) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default=None, help=f"levers: {', '.join(list(LEVERS) + ['interleaved', 'peak', 'loss_memory', 'bf16', 'adamw'])}")
+    p.add_argument("--only", default=None, help=f"levers: {', '.join(list(LEVERS) + ['interleaved', 'interleaved_bf16', 'peak', 'loss_memory', 'bf16', 'adamw'])}")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--data", default="examples/stdlib-qa/train.jsonl")
     p.add_argument("--steps", type=int, default=4, help="optimizer steps per variant (the first is not timed)")
@@ -274,6 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-len", type=int, default=512)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--timeout", type=int, default=1800)
+    p.add_argument("--profile", type=int, default=0, help="torch.profiler over the timed steps: the N ops with most self CPU time")
     p.add_argument("--out", default="benchmarks/out/levers.json")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -297,6 +352,9 @@ def main(argv: list[str] | None = None) -> dict:
         names = ["default", "padded", "balanced", "best", "best_threads_1", "full_logits"]
         report["interleaved"] = _child("interleaved", "+".join(names), args)
         print("interleaved", json.dumps(report["interleaved"], indent=1), file=sys.stderr)
+    if "interleaved_bf16" in wanted:
+        report["interleaved_bf16"] = _child("interleaved", "bf16+bf16_base", args)
+        print("interleaved_bf16", json.dumps(report["interleaved_bf16"], indent=1), file=sys.stderr)
     if "peak" in wanted:
         from bench import matmul_peak
 
@@ -319,6 +377,8 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{name}: {r.get('tokens_per_s', 0):.1f} tok/s, pad {r.get('pad_share', 0):.1%}, "
                       f"peak {r.get('peak_rss_bytes', 0) / 1e9:.2f} GB (before training {r.get('setup_rss_bytes', 0) / 1e9:.2f} GB)"
                       f" {r.get('error', '')}", file=sys.stderr)
+                for op in r.get("profile", []):
+                    print(f"    {op['share']:6.1%} {op['self_cpu_s']:8.2f} s {op['calls']:7d}x  {op['op']}", file=sys.stderr)
         base = report["variants"][LEVERS[lever][0]].get("tokens_per_s")
         report["levers"][lever] = {n: {"speedup": (report["variants"][n].get("tokens_per_s") or 0) / base if base else None,
                                        "peak_rss_gb": (report["variants"][n].get("peak_rss_bytes") or 0) / 1e9}

@@ -64,9 +64,9 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
     chunked_loss: bool = True
-    # lora/dora trained in bf16: frozen base linear weights stored in bf16 (adapter and optimizer stay fp32);
-    # false keeps them fp32 and autocast casts them in every forward (train/frozen_base.py)
-    bf16_base: bool = True
+    # true: lora/dora trained in bf16 store the frozen base linear weights in bf16 (adapter and optimizer stay
+    # fp32) instead of autocast casting them in every forward; off until it measures faster (docs/performance.md)
+    bf16_base: bool = False
     eval_every: int | Auto = "auto"
     save_every: int | Auto = "auto"
     save_total_limit: int = Field(2, ge=1)

@@ -34,7 +34,7 @@ LORA_RTOL = 1e-6
 DORA_RTOL = 1e-3
 SETS = {"train.precision": "bf16", "train.max_steps": 6, "train.batch_size": 8, "train.learning_rate": 1e-2,
         "lora.dropout": 0.1, "train.threads": 1, "eval.after_train": "false", "train.save_every": 3,
-        "train.eval_every": 3, "train.save_total_limit": 5, "train.warmup_ratio": 0.0}
+        "train.eval_every": 3, "train.save_total_limit": 5, "train.warmup_ratio": 0.0, "train.bf16_base": "true"}
 
 
 def _rows(n: int, offset: int = 0) -> list[dict]:

@@ -67,7 +67,20 @@ def store_frozen_base_in_bf16(model) -> StoredBase:
             stored.exact = stored.exact and torch.equal(low.to(p.dtype), p.data)
             p.data = low
             stored.names.append(f"{module_name}.{name}" if module_name else name)
+    _copy_out_of_the_loaded_file(base)
     return stored
+
+
+def _copy_out_of_the_loaded_file(base) -> None:
+    """Give the frozen weights kept as loaded (embeddings, norms) their own memory.
+
+    `from_pretrained` leaves weights as views into one memory map of the safetensors file; while any
+    view lives the whole fp32 file stays mapped, and resident once read, so the bf16 copies would
+    add to it instead of replacing it. Copying the few kept tensors releases the map.
+    """
+    for p in base.parameters():
+        if not p.requires_grad and p.dtype != STORED_DTYPE:
+            p.data = p.data.clone()
 
 
 def _loaded_name(name: str) -> str:

@@ -18,7 +18,11 @@ from ..errors import UserError
 from ..models import load_for_inference, load_model, load_tokenizer, local_model_dir
 from . import checkpoint as ckpt
 from . import distributed
-from .frozen_base import bf16_base_applies, restore_frozen_base, store_frozen_base_in_bf16
+from .frozen_base import (
+    bf16_base_applies,
+    restore_frozen_base,
+    store_frozen_base_in_bf16,
+)
 from .guards import check_output_dir, reconcile_resume
 from .hparams import DataShape, native_bf16, resolve_with_reasons
 from .loop import run_training
