@@ -215,7 +215,7 @@ def interleaved(args, names: list[str]) -> dict:
     loss_module.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=0.0)  # lr 0: every variant sees the same weights
-    stats = {n: {"seconds": 0.0, "real": 0, "padded": 0} for n in names}
+    stats = {n: {"seconds": 0.0, "cpu_seconds": 0.0, "real": 0, "padded": 0} for n in names}
     for step in range(args.steps):
         _, ids = step_example_ids(len(examples), args.micro_batch, 42, step)
         for name in names if step % 2 == 0 else reversed(names):
@@ -227,7 +227,7 @@ def interleaved(args, names: list[str]) -> dict:
             loss_module.fast = v["chunked"] and loss_module._parts[0] is not None
             mbs = _step_batches([examples[i] for i in ids], v["batching"], tokenizer.pad_token_id, 4096, args.max_len)
             trained = sum(mb.trained_tokens for mb in mbs)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             for mb in mbs:
                 with autocast:
                     loss = loss_module(mb.input_ids, mb.position_ids, mb.labels)
@@ -236,10 +236,13 @@ def interleaved(args, names: list[str]) -> dict:
             optimizer.zero_grad(set_to_none=True)
             if step > 0:
                 stats[name]["seconds"] += time.perf_counter() - start
+                stats[name]["cpu_seconds"] += time.process_time() - cpu_start  # what load on the machine does not inflate
                 stats[name]["real"] += sum(mb.real_tokens for mb in mbs)
                 stats[name]["padded"] += sum(mb.padded_tokens for mb in mbs)
     base = stats[names[0]]["real"] / stats[names[0]]["seconds"]
+    cpu_base = stats[names[0]]["real"] / stats[names[0]]["cpu_seconds"]
     return {n: {"tokens_per_s": s["real"] / s["seconds"], "speedup_vs_" + names[0]: s["real"] / s["seconds"] / base,
+                "tokens_per_cpu_s": s["real"] / s["cpu_seconds"], "cpu_speedup_vs_" + names[0]: s["real"] / s["cpu_seconds"] / cpu_base,
                 "pad_share": 1 - s["real"] / s["padded"]} for n, s in stats.items()}
 
 
