@@ -79,8 +79,9 @@ class TrainConfig(_Section):
     seed: int = 42
     report_to: list[str] = Field(default_factory=list)
     threads: int | Auto = "auto"
-    # learning_rate: auto measured by a short range test on the data (train.lr_range, lr_range.png) instead of the rule
-    lr_range_test: bool = False
+    # learning_rate: auto measured by a short range test on the data (train/lr_range.py, lr_range.png) instead of
+    # the fixed rule; auto: on for LoRA/DoRA/QLoRA SFT when the test costs <= 10% of the planned training (train.hparams)
+    lr_range_test: bool | Auto = "auto"
     # how several processes (torchrun / accelerate launch) split the work; see train/distributed.py
     distributed: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
 
@@ -166,6 +167,7 @@ class ResolvedTrainConfig(TrainConfig):
     early_stopping_patience: int | None
     eval_examples: int | None
     distributed: Literal["ddp", "fsdp", "deepspeed"]  # train.distributed.resolve_strategy runs first
+    lr_range_test: bool
 
 
 class ResolvedPreferenceConfig(PreferenceConfig):
