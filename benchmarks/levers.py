@@ -10,6 +10,7 @@ training loop as it stands; every other variant changes one thing.
     python benchmarks/levers.py --only packing,dropout --steps 4
     python benchmarks/levers.py --only bf16_base --threads 1 --profile 25   # + torch.profiler's top ops per variant
     python benchmarks/levers.py --only interleaved_bf16 --threads 1 --steps 7  # bf16 vs bf16_base, step by step in one process
+    python benchmarks/levers.py --only interleaved_lora,fused_lora --threads 1 --steps 6  # fused LoRA op vs PEFT, fp32 and bf16
 
 Both prototypes that were measured here (balanced packing rows, `FastLoraDropout`) now live in
 `tunewright.train`, and the levers measure that shipped code: `balanced` is the loop's own packing
@@ -34,6 +35,7 @@ from tunewright.train.dropout import (  # noqa: F401
     dropout_keep_mask,
     use_fast_lora_dropout,
 )
+from tunewright.train.fused_lora import FusedLoraLinear, PeftLoraLinear
 
 VARIANTS = {
     # name: what changes relative to "default" (the loop as it stands)
@@ -57,6 +59,9 @@ VARIANTS = {
     # bf16 autocast as the loop runs it on bf16 CPUs: the fp32 base cast in every forward, or stored in bf16 once
     "bf16": {"precision": "bf16"},
     "bf16_base": {"precision": "bf16", "bf16_base": True},
+    # train.fused_lora: each LoRA layer's training forward as one op (train/fused_lora.py) instead of PEFT's
+    "fused_lora": {"lora": "fused"},
+    "bf16_fused_lora": {"precision": "bf16", "lora": "fused"},
 }
 LEVERS = {
     "packing": ["default", "padded", "balanced"],
@@ -68,6 +73,7 @@ LEVERS = {
     "optimizer": ["default", "adamw_fused", "adamw_foreach"],
     "compile": ["best", "best_compile"],
     "bf16_base": ["bf16", "bf16_base"],
+    "fused_lora": ["default", "fused_lora", "bf16", "bf16_fused_lora"],
 }
 
 
@@ -90,7 +96,7 @@ def _step_batches(examples, batching: str, pad_id: int, budget: int, max_len: in
 def run_variant(name: str, args) -> dict:
     """Train `args.steps` optimizer steps with one variant; tokens/s over steps 2..N, peak RSS, losses."""
     v = {"batching": "balanced", "chunked": True, "dropout": "peft", "checkpointing": False, "threads": args.threads,
-         "compile": False, "optimizer": "default", "budget": 4096, "precision": "fp32", "bf16_base": False, **VARIANTS[name]}
+         "compile": False, "optimizer": "default", "budget": 4096, "precision": "fp32", "bf16_base": False, "lora": "peft", **VARIANTS[name]}
     torch.set_num_threads(v["threads"])
     torch.manual_seed(0)
     from tunewright.models import load_model
@@ -107,6 +113,7 @@ def run_variant(name: str, args) -> dict:
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=v["precision"] == "bf16")
     if v["dropout"] == "fast":
         use_fast_lora_dropout(model)
+    set_lora_forward(model, v["lora"])
     if v["checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -176,6 +183,13 @@ def _top_ops(profiler, rows: int) -> list[dict]:
              "calls": e.count} for e in top]
 
 
+def set_lora_forward(model, kind: str) -> None:
+    """"fused": the fused LoRA op (`train.fused_lora: true`); "peft": PEFT's own forward (the default)."""
+    for m in model.modules():
+        if isinstance(m, (FusedLoraLinear, PeftLoraLinear)) and not m.lora_variant:
+            m.__class__ = FusedLoraLinear if kind == "fused" else PeftLoraLinear
+
+
 def interleaved(args, names: list[str]) -> dict:
     """Timing only: variants that can be switched inside one process, alternated step by step on the same examples.
 
@@ -221,6 +235,7 @@ def interleaved(args, names: list[str]) -> dict:
         for name in names if step % 2 == 0 else reversed(names):
             v = {"batching": "balanced", "chunked": True, "dropout": "peft", **VARIANTS[name]}
             set_dropout(v["dropout"])
+            set_lora_forward(model, v.get("lora", "peft"))
             set_base(v.get("bf16_base", False))
             autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=v.get("precision") == "bf16")
             torch.set_num_threads(v.get("threads", args.threads))
@@ -323,7 +338,7 @@ def _child(kind: str, name: str, args) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default=None, help=f"levers: {', '.join(list(LEVERS) + ['interleaved', 'interleaved_bf16', 'peak', 'loss_memory', 'bf16', 'adamw'])}")
+    p.add_argument("--only", default=None, help=f"levers: {', '.join(list(LEVERS) + ['interleaved', 'interleaved_bf16', 'interleaved_lora', 'peak', 'loss_memory', 'bf16', 'adamw'])}")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--data", default="examples/stdlib-qa/train.jsonl")
     p.add_argument("--steps", type=int, default=4, help="optimizer steps per variant (the first is not timed)")
@@ -358,6 +373,9 @@ def main(argv: list[str] | None = None) -> dict:
     if "interleaved_bf16" in wanted:
         report["interleaved_bf16"] = _child("interleaved", "bf16+bf16_base", args)
         print("interleaved_bf16", json.dumps(report["interleaved_bf16"], indent=1), file=sys.stderr)
+    if "interleaved_lora" in wanted:  # the fused LoRA op against PEFT's forward, fp32 and bf16, under the same load
+        report["interleaved_lora"] = _child("interleaved", "default+fused_lora+bf16+bf16_fused_lora", args)
+        print("interleaved_lora", json.dumps(report["interleaved_lora"], indent=1), file=sys.stderr)
     if "peak" in wanted:
         from bench import matmul_peak
 

@@ -67,6 +67,9 @@ class TrainConfig(_Section):
     # true: lora/dora trained in bf16 store the frozen base linear weights in bf16 (adapter and optimizer stay
     # fp32) instead of autocast casting them in every forward; off until it measures faster (docs/performance.md)
     bf16_base: bool = False
+    # LoRA on CPU: each adapted layer's training forward as one op (train/fused_lora.py) that keeps a 1-byte mask
+    # instead of a dropped-out copy of its input; same maths. Off until it measures faster (docs/performance.md)
+    fused_lora: bool = False
     eval_every: int | Auto = "auto"
     save_every: int | Auto = "auto"
     save_total_limit: int = Field(2, ge=1)

@@ -202,26 +202,28 @@ def test_state_dict_and_merge_are_peft_s(tmp_path):
     torch.testing.assert_close(merged(x), stock(x), **FP32_TOL)
 
 
-def test_the_loop_trains_lora_through_the_fused_op_on_cpu(tiny_model_dir):
+def test_train_fused_lora_gives_the_loop_the_fused_op_on_cpu(tiny_model_dir):
     from tunewright.config import load_config
     from tunewright.models import load_model
     from tunewright.train.methods import apply_method
 
-    model = apply_method(load_model(str(tiny_model_dir)), load_config(model=str(tiny_model_dir)))
-    layers = [m for m in model.modules() if isinstance(m, FusedLoraLinear)]
-    assert len(layers) == 2 * 7, "every adapted linear layer of the 2-block Llama"
-    dora = apply_method(load_model(str(tiny_model_dir)), load_config(model=str(tiny_model_dir), overrides=["method=dora"]))
-    assert not any(isinstance(m, FusedLoraLinear) for m in dora.modules()), "DoRA keeps PEFT's layer"
+    def fused_layers(*overrides: str) -> int:
+        model = apply_method(load_model(str(tiny_model_dir)), load_config(model=str(tiny_model_dir), overrides=list(overrides)))
+        return sum(isinstance(m, FusedLoraLinear) for m in model.modules())
+
+    assert fused_layers("train.fused_lora=true") == 2 * 7, "every adapted linear layer of the 2-block Llama"
+    assert fused_layers() == 0, "off by default (docs/performance.md)"
+    assert fused_layers("train.fused_lora=true", "method=dora") == 0, "DoRA keeps PEFT's layer"
 
 
-def _losses_and_adapter(model_dir, data, out, precision: str):
+def _losses_and_adapter(model_dir, data, out, precision: str, fused: bool):
     from safetensors.torch import load_file
 
     from tunewright.config import load_config
     from tunewright.train import train
 
     overrides = [f"train.precision={precision}", "train.max_steps=6", "train.batch_size=8", "train.learning_rate=1e-2",
-                 "lora.dropout=0.1", "train.threads=1", "eval.after_train=false"]
+                 "lora.dropout=0.1", "train.threads=1", "eval.after_train=false", f"train.fused_lora={str(fused).lower()}"]
     train(load_config(model=str(model_dir), data__train=str(data), output_dir=str(out), overrides=overrides))
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     return torch.tensor(losses), load_file(str(out / "adapter" / "adapter_model.safetensors"))
@@ -236,7 +238,6 @@ def test_a_training_run_with_the_fused_op_matches_one_without(precision, rtol, t
     """
     from helpers import write_jsonl
 
-    from tunewright.train import methods
     from tunewright.train.hparams import native_bf16
 
     if precision == "bf16" and not native_bf16(torch.device("cpu")):
@@ -245,11 +246,10 @@ def test_a_training_run_with_the_fused_op_matches_one_without(precision, rtol, t
     data = write_jsonl(tmp_path / "train.jsonl", [{"messages": [{"role": "user", "content": f"Repeat the word {w}."},
                                                                 {"role": "assistant", "content": f"{w} {w} {w}"}]} for w in words])
     calls = _count_fused_calls(monkeypatch)
-    fused_losses, fused_adapter = _losses_and_adapter(tiny_model_dir, data, tmp_path / "fused", precision)
+    fused_losses, fused_adapter = _losses_and_adapter(tiny_model_dir, data, tmp_path / "fused", precision, fused=True)
     assert calls[0] > 0, "the fused run must use the fused op"
-    monkeypatch.setattr(methods, "use_fused_lora", lambda model: 0)
     calls[0] = 0
-    peft_losses, peft_adapter = _losses_and_adapter(tiny_model_dir, data, tmp_path / "peft", precision)
+    peft_losses, peft_adapter = _losses_and_adapter(tiny_model_dir, data, tmp_path / "peft", precision, fused=False)
     assert calls[0] == 0
     assert len(fused_losses) == 6 and peft_losses[-1] < peft_losses[0]
     torch.testing.assert_close(fused_losses, peft_losses, rtol=rtol, atol=0)

@@ -81,7 +81,8 @@ def _with_lora(model, cfg: RunConfig):
         raise UserError(f"lora.target_modules: {e}", f"use all-linear or some of this model's linear layers: {names}") from None
     if next(model.parameters()).device.type == "cpu":
         use_fast_lora_dropout(model)  # +10-20% on CPU, same masks in distribution (docs/performance.md)
-        use_fused_lora(model)  # training forward: one op per layer, no dropped copy of x kept (docs/performance.md)
+        if cfg.train.fused_lora:
+            use_fused_lora(model)  # training forward: one op per layer, no dropped copy of x kept (docs/performance.md)
     return model
 
 
