@@ -34,7 +34,6 @@ from bench_report import (  # noqa: F401  (re-exported: the bench's public maths
     training_flops,
     write_report,
 )
-
 from bench_threads import fewer_threads_warnings, print_warnings, resolved_threads
 
 from tunewright.train.hparams import BF16_CPU_FLAGS, cpu_flags, native_bf16

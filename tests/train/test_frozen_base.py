@@ -151,7 +151,7 @@ def test_dpo_reference_pass_on_the_bf16_base_gives_the_same_run(tiny_model_dir, 
     rows = [{"prompt": [{"role": "user", "content": f"Repeat the word {w}."}],
              "chosen": [{"role": "assistant", "content": f"{w} {w} {w}"}],
              "rejected": [{"role": "assistant", "content": f"{o}, {o}."}]}
-            for w, o in zip(["apple", "river", "stone", "cloud"] * 3, ["green", "tiger", "paper", "light"] * 3)]
+            for w, o in zip(["apple", "river", "stone", "cloud"] * 3, ["green", "tiger", "paper", "light"] * 3, strict=True)]
     pairs = {"train": str(write_jsonl(tmp_path / "pairs.jsonl", rows)), "validation": str(write_jsonl(tmp_path / "val.jsonl", rows[:4]))}
     metrics = {}
     for stored in ("bf16", "fp32"):
@@ -232,7 +232,7 @@ def test_tied_heads_and_trainable_weights_keep_fp32_and_restore_is_exact_both_wa
 
     # weights that are bf16 values already (a hub checkpoint saved in bf16): casting back restores them, no reload
     with torch.no_grad():
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if not p.requires_grad:
                 p.copy_(p.to(torch.bfloat16).float())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -72,13 +72,13 @@ def _forward_backward(model, x, upstream, autocast: bool, seed: int = 1):
 
 
 def _assert_same(stock_out, fused_out, tol):
-    for name, a, b in zip(NAMES, stock_out, fused_out):
+    for name, a, b in zip(NAMES, stock_out, fused_out, strict=True):
         assert a.dtype == b.dtype, f"{name}: PEFT gives {a.dtype}, fused {b.dtype}"
         torch.testing.assert_close(b.float(), a.float(), **tol, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def _assert_near(expected, got, bound: float):
-    for name, a, b in zip(NAMES, expected, got):
+    for name, a, b in zip(NAMES, expected, got, strict=True):
         relative = ((b.float() - a.float()).norm() / a.float().norm()).item()
         assert relative <= bound, f"{name}: relative difference {relative:.2e} > {bound}"
 
