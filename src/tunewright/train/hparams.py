@@ -65,6 +65,7 @@ FEW_TRAINED_TOKENS = 16  # per example: one-word answers and labels
 EVAL_SHARE = 0.10  # the most of training time the validation-loss pass may take
 FORWARD_SHARE = 1 / 3  # a forward pass's cost per token against forward+backward
 MIN_EVAL_EXAMPLES = 100  # a sampled validation loss on fewer rows is too noisy to stop on
+RANGE_TEST_STEPS = 30  # micro-batch steps of the learning-rate range test (train/lr_range.py)
 RANGE_TEST_SHARE = 0.10  # the most of the planned training tokens the learning-rate range test may cost
 RANGE_TEST_METHODS = ("lora", "dora", "qlora")  # where it was measured against the fixed rule (docs/auto.md)
 
@@ -239,14 +240,12 @@ def range_test_choice(cfg: RunConfig, shape: DataShape, target_epochs: float, lr
 
     `cfg` has its batch size and micro-batch tokens resolved; `lr_is_auto` says whether the user left the rate to us.
     """
-    from .lr_range import STEPS
-
     t = cfg.train
     if not lr_is_auto:
         return False, "off: train.learning_rate is set"
     if cfg.objective != "sft" or cfg.method not in RANGE_TEST_METHODS:
         return False, f"off: measured against the fixed rule only for LoRA-family SFT, not {cfg.method} {cfg.objective}"
-    cost, planned = STEPS * int(t.micro_batch_tokens), planned_tokens(cfg, shape, target_epochs)
+    cost, planned = RANGE_TEST_STEPS * int(t.micro_batch_tokens), planned_tokens(cfg, shape, target_epochs)
     if cost > RANGE_TEST_SHARE * planned:
         return False, (f"off: its ~{cost:,} tokens would be more than {RANGE_TEST_SHARE:.0%} of the run's "
                        f"~{planned:,.0f}; the fixed rule instead")

@@ -18,8 +18,8 @@ import torch
 
 from ..config import RunConfig
 from .batching import epoch_order
+from .hparams import RANGE_TEST_STEPS as STEPS
 
-STEPS = 30
 RANGES = {"lora": (1e-5, 1e-2), "dora": (1e-5, 1e-2), "qlora": (1e-5, 1e-2), "freeze": (1e-6, 1e-2), "full": (1e-7, 1e-3)}
 SMOOTHING = 0.8  # EMA of the loss (bias-corrected); few trained tokens per step make single losses noisy
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its minimum
