@@ -218,22 +218,22 @@ def shared_training_args(args, output_dir: str) -> dict:
 
     import torch
 
-    return dict(
-        output_dir=output_dir,
-        per_device_train_batch_size=args.micro_batch,
-        gradient_accumulation_steps=1,
-        max_steps=args.steps,
-        learning_rate=args.lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=math.ceil(0.03 * args.steps),  # what tunewright does with warmup_ratio 0.03
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        logging_steps=1,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to=[],
-        seed=args.seed,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
+    return {
+        "output_dir": output_dir,
+        "per_device_train_batch_size": args.micro_batch,
+        "gradient_accumulation_steps": 1,
+        "max_steps": args.steps,
+        "learning_rate": args.lr,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": math.ceil(0.03 * args.steps),  # what tunewright does with warmup_ratio 0.03
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": [],
+        "seed": args.seed,
+        "use_cpu": not torch.cuda.is_available(),
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }

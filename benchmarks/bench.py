@@ -206,7 +206,7 @@ def find_baseline_python(explicit: str | None) -> str | None:
     candidates = [explicit] if explicit else [sys.executable, str(REPO / ".venv-bench" / "bin" / "python")]
     for py in candidates:
         if py and Path(py).exists():
-            probe = subprocess.run([py, "-c", "import trl"], capture_output=True)
+            probe = subprocess.run([py, "-c", "import trl"], check=False, capture_output=True)
             if probe.returncode == 0:
                 return py
     return None
@@ -219,7 +219,7 @@ def run_logged(cmd: list[str], log: Path, timeout: int) -> tuple[int, float]:
         f.write(" ".join(cmd) + "\n\n")
         f.flush()
         try:
-            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=os.getcwd(), env=env, timeout=timeout).returncode
+            code = subprocess.run(cmd, check=False, stdout=f, stderr=subprocess.STDOUT, cwd=os.getcwd(), env=env, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             code = 124
     return code, time.perf_counter() - started

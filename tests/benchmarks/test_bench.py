@@ -158,7 +158,7 @@ def _run_baseline(script: str, tmp_path: Path, model_dir: Path, python: str, *ex
     out = tmp_path / f"{script}.json"
     cmd = [python, str(REPO / "benchmarks" / script), "--model", str(model_dir), "--steps", "2", "--micro-batch", "4",
            "--max-len", "128", "--validation", str(REPO / "examples/stdlib-qa/test.jsonl"), "--out", str(out), *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(out.read_text())
 
@@ -181,7 +181,7 @@ def _trl_python() -> str | None:
     if importlib.util.find_spec("trl"):
         return sys.executable
     venv = REPO / ".venv-bench" / "bin" / "python"
-    if venv.exists() and subprocess.run([str(venv), "-c", "import trl"], capture_output=True).returncode == 0:
+    if venv.exists() and subprocess.run([str(venv), "-c", "import trl"], check=False, capture_output=True).returncode == 0:
         return str(venv)
     return None
 

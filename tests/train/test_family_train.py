@@ -188,7 +188,7 @@ def test_llama3_rope_is_recovered_from_the_gguf_rope_freqs():
 
     from tunewright.gguf_config import _repair_llama3_rope
 
-    shape = dict(hidden_size=4096, num_attention_heads=32, max_position_embeddings=131072)
+    shape = {"hidden_size": 4096, "num_attention_heads": 32, "max_position_embeddings": 131072}
     rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
     original = LlamaConfig(**shape, rope_parameters=rope)
