@@ -4,7 +4,6 @@ Nothing here is timed: the numbers checked are computed from inputs the test cho
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -178,12 +177,8 @@ def test_trainer_peft_baseline_trains_two_steps(tmp_path, tiny_model_dir):
 
 
 def _trl_python() -> str | None:
-    if importlib.util.find_spec("trl"):
-        return sys.executable
-    venv = REPO / ".venv-bench" / "bin" / "python"
-    if venv.exists() and subprocess.run([str(venv), "-c", "import trl"], check=False, capture_output=True).returncode == 0:
-        return str(venv)
-    return None
+    """The interpreter the bench itself would use for TRL (this one or .venv-bench), so test and bench agree."""
+    return bench.find_baseline_python(None)
 
 
 @pytest.mark.skipif(_trl_python() is None, reason="trl is not installed (make bench installs it into .venv-bench)")
