@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=None, help="TRL stops after this many seconds of steps")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per tool")
     p.add_argument("--out", default="benchmarks/out/dpo")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="more tunewright config (e.g. train.fused_lora=true); TRL's run is unchanged")
     return p
 
 
@@ -57,6 +59,7 @@ def tunewright_command(args, run_dir: Path) -> list[str]:
             "eval.after_train=false", "train.log_every=1", "method=lora"]
     if args.threads:
         sets.append(f"train.threads={args.threads}")
+    sets += args.set
     cmd = [sys.executable, "-m", "tunewright.cli", "train", "--model", args.model, "--data", args.data, "--output", str(run_dir)]
     return cmd + [a for s in sets for a in ("--set", s)]
 
