@@ -31,9 +31,10 @@ the CLI prints them. The rules (also in the README):
   noisier steps, so we sit a little above those and keep LoRA's usual ~10x over full fine-tuning.
 - lr_range_test (learning_rate measured instead of the rule): on for LoRA/DoRA/QLoRA SFT when its
   30 micro-batch steps cost at most 10% of the planned training tokens (target epochs, or max_steps):
-  on both tasks of docs/auto.md it chose about 2.5x the fixed rate (4.9e-4 and 3e-4) and reached a
-  lower validation loss and a better held-out score than 2e-4. Off elsewhere: short runs (a quick
-  try, tests), full/freeze and preference tuning, where it was never compared against the rule.
+  on both tasks of docs/auto.md it chose about 2.5x the fixed rate (4.9e-4 and 3e-4, with its earlier
+  lowest-point pick) and reached a lower validation loss and a better held-out score than 2e-4.
+  Off elsewhere: short runs (a quick try, tests), full/freeze and preference tuning, where it was
+  never compared against the rule.
 - preference.beta: 0.1 (DPO paper, TRL and OpenAI's default; ORPO's lambda, same default in TRL).
 - micro_batch_tokens: 512 on CPU (as fast as 4,096 there, a third less memory), 16,384 on a GPU.
 - precision: bf16 on GPUs that support it and on CPUs with avx512_bf16/amx_bf16; fp32 elsewhere

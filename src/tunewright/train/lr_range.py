@@ -2,14 +2,18 @@
 
 Smith's range test (2017, fastai's `lr_find`): train a few dozen steps while the learning rate
 grows exponentially from far too small to far too large, watch the smoothed training loss, and
-take a tenth of the rate where it was lowest (past that point the steps are too large to help).
+take a tenth of the rate at the centre of the curve's bottom (`pick_learning_rate`: the centre, not
+the lowest point, which wanders over a flat bottom with the noise of a thread count's rounding).
 The weights, gradients and random state are restored afterwards, so the run itself starts from
-the model as loaded; the curve is saved as lr_range.png in the run folder.
+the model as loaded; the curve is saved as lr_range.png in the run folder, and its numbers (every
+step's loss, the smoothed curve, the rates, the bottom and the pick) as lr_range.json, so a pick
+can be re-derived offline.
 
 Each step is one micro-batch (micro_batch_tokens) to keep the test to seconds-a-minute on a CPU.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,16 +23,21 @@ import torch
 from ..config import RunConfig
 from .batching import epoch_order
 from .hparams import RANGE_TEST_STEPS as STEPS
+from .writes import write_text_atomic
 
 RANGES = {"lora": (1e-5, 1e-2), "dora": (1e-5, 1e-2), "qlora": (1e-5, 1e-2), "freeze": (1e-6, 1e-2), "full": (1e-7, 1e-3)}
 SMOOTHING = 0.8  # EMA of the loss (bias-corrected); few trained tokens per step make single losses noisy
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its minimum
+BOTTOM_MARGIN = 0.03  # the curve's bottom: within this share of the loss's fall of its minimum ...
+BOTTOM_FLOOR_SHARE = 0.01  # ... and at least this share of the minimum (a curve that hardly fell)
 
 
 @dataclass
 class RangeTest:
     lrs: list[float] = field(default_factory=list)
+    raw: list[float] = field(default_factory=list)  # loss per trained token of each step, as measured
     losses: list[float] = field(default_factory=list)  # smoothed
+    bottom: tuple[float, float] = (0.0, 0.0)  # the rates at the ends of the curve's bottom (`bottom_of_curve`)
     chosen: float = 0.0
     reason: str = ""
     seconds: float = 0.0
@@ -47,12 +56,49 @@ def smoothed(raw: list[float], beta: float = SMOOTHING) -> list[float]:
     return out
 
 
-def pick_learning_rate(lrs: list[float], losses: list[float]) -> tuple[float, str]:
-    """A tenth of the rate at the lowest smoothed loss (fastai's lr_min rule)."""
+def bottom_of_curve(lrs: list[float], losses: list[float | None]) -> tuple[float, float]:
+    """The rates at either end of the smoothed curve's bottom: where it comes within BOTTOM_MARGIN of its minimum.
+
+    The margin is a share of how far the loss fell (and at least a share of the minimum itself), so noise the
+    size of a thread count's bf16 rounding (~1-3% of the loss) cannot move the ends: they sit where the curve
+    falls or rises steeply. The ends are interpolated in log-rate between grid points, and a curve that never
+    turned up (or fell) ends at its last (first) rate.
+    """
+    finite = next((k for k, x in enumerate(losses) if x is None or not math.isfinite(x)), len(losses))  # None: json NaN
+    lrs, losses = lrs[:finite], losses[:finite]
     best = min(range(len(losses)), key=losses.__getitem__)
-    lr = lrs[best] / 10
-    return float(f"{lr:.1e}"), (f"{float(f'{lr:.1e}'):g}: range test on this data, loss lowest at lr {lrs[best]:.1e} "
-                                f"after {len(losses)} steps; a tenth of that (lr_range.png)")
+    floor = losses[best]
+    level = floor + max(BOTTOM_MARGIN * (max(losses[:best + 1]) - floor), BOTTOM_FLOOR_SHARE * floor)
+    low = best
+    while low > 0 and losses[low - 1] <= level:
+        low -= 1
+    high = best
+    while high < len(losses) - 1 and losses[high + 1] <= level:
+        high += 1
+    return (_crossing(lrs, losses, low, low - 1, level) if low > 0 else lrs[low],
+            _crossing(lrs, losses, high, high + 1, level) if high < len(losses) - 1 else lrs[high])
+
+
+def _crossing(lrs: list[float], losses: list[float], inside: int, outside: int, level: float) -> float:
+    """The rate between two neighbouring grid points where the loss crosses `level`, linear in log-rate."""
+    share = (level - losses[inside]) / (losses[outside] - losses[inside])
+    return lrs[inside] * (lrs[outside] / lrs[inside]) ** share
+
+
+def pick_learning_rate(lrs: list[float], losses: list[float | None]) -> tuple[float, str]:
+    """A tenth of the rate at the centre (in log-rate) of the smoothed curve's bottom, see `bottom_of_curve`.
+
+    fastai's lr_min rule took a tenth of the rate at the single lowest point; on a flat-bottomed curve that
+    point wanders over the bottom with noise (on stdlib-modules, 4.9e-4 with 1 thread, 7.9e-4 with 2: two grid
+    points). The bottom's ends do not wander, so neither does their centre. A tenth, as before: the bottom is
+    already where steps start to be too large for a whole run. fastai's other suggestions read the curve's
+    slope (steep, slide), which noise moves more than the curve, or a point down its longest falling run
+    (valley), a rate nothing here was compared with. On a sharp minimum the centre is the minimum.
+    """
+    low, high = bottom_of_curve(lrs, losses)
+    lr = float(f"{math.sqrt(low * high) / 10:.1e}")
+    return lr, (f"{lr:g}: range test on this data ({len(losses)} steps), the smoothed loss's bottom spans "
+                f"lr {low:.1e} to {high:.1e}; a tenth of its centre (lr_range.png, lr_range.json)")
 
 
 def run_range_test(loss_module, examples: list, cfg: RunConfig, batches, params, device, autocast) -> RangeTest:
@@ -69,7 +115,8 @@ def run_range_test(loss_module, examples: list, cfg: RunConfig, batches, params,
     optimizer = torch.optim.AdamW(params, lr=lrs[0], weight_decay=cfg.train.weight_decay)
     order = epoch_order(len(examples), cfg.train.seed + 1, 0)
     mbs = iter(mb for k in range(0, len(order), 64) for mb in batches(order[k:k + 64]))
-    raw, result = [], RangeTest()
+    result = RangeTest()
+    raw = result.raw
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for lr in lrs:
             mb = next(mbs, None)
@@ -91,8 +138,9 @@ def run_range_test(loss_module, examples: list, cfg: RunConfig, batches, params,
     with torch.no_grad():
         for p, s in zip(params, saved):
             p.copy_(s)
-    finite = [(lr, x) for lr, x in zip(result.lrs, result.losses) if math.isfinite(x)]
-    result.chosen, result.reason = pick_learning_rate(*zip(*finite)) if finite else (0.0, "")
+    if result.losses and math.isfinite(result.losses[0]):  # the rule reads the curve up to its first NaN
+        result.bottom = bottom_of_curve(result.lrs, result.losses)
+        result.chosen, result.reason = pick_learning_rate(result.lrs, result.losses)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -104,7 +152,9 @@ def plot_range_test(result: RangeTest, out_png: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(result.lrs, result.losses, linewidth=1.4, label="smoothed training loss")
+    ax.plot(result.lrs, result.raw, linewidth=0.8, alpha=0.35, color="tab:blue", label="training loss of each step")
+    ax.plot(result.lrs, result.losses, linewidth=1.4, color="tab:blue", label="smoothed training loss")
+    ax.axvspan(*result.bottom, color="tab:green", alpha=0.15, label="its bottom")
     ax.axvline(result.chosen, color="tab:red", linestyle="--", label=f"chosen {result.chosen:.1e}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
@@ -116,6 +166,16 @@ def plot_range_test(result: RangeTest, out_png: Path) -> Path:
     fig.savefig(out_png)
     plt.close(fig)
     return out_png
+
+
+def range_test_record(result: RangeTest) -> dict:
+    """Everything needed to re-derive the pick offline (lr_range.json); a non-finite loss is written as null."""
+    def finite_or_none(xs: list[float]) -> list[float | None]:
+        return [x if math.isfinite(x) else None for x in xs]
+
+    return {"lrs": result.lrs, "raw_losses": finite_or_none(result.raw), "smoothed_losses": finite_or_none(result.losses),
+            "smoothing": SMOOTHING, "bottom": list(result.bottom), "chosen": result.chosen, "reason": result.reason,
+            "seconds": round(result.seconds, 2)}
 
 
 def range_test_applies(cfg: RunConfig, processes: int) -> bool:
@@ -143,5 +203,6 @@ def measure_learning_rate(model, examples: list, cfg: RunConfig, accelerator, pa
         return None
     if accelerator.is_main_process:
         plot_range_test(result, Path(run_dir) / "lr_range.png")
+        write_text_atomic(Path(run_dir) / "lr_range.json", json.dumps(range_test_record(result), indent=1, allow_nan=False))
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"learning_rate": result.chosen})})
     return cfg, f"{result.reason}; {result.seconds:.0f} s"
