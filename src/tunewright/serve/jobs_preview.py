@@ -33,7 +33,7 @@ def preview(service, body: CreateJob) -> dict:
     architecture, params = _architecture(cfg)
     device = _device()
     n_examples = training.get("rows") or 0
-    # row counts only (no tokens yet): epochs' early-stopping ceiling and patience follow the trainer's rules
+    # row counts only (no tokens yet): epochs, early stopping and patience follow the trainer's rules
     shape = DataShape(n_examples, validation_examples=(validation or {}).get("rows") or 0)
     resolved = resolve_auto(cfg, shape, params.total, device)
     steps = total_steps(resolved, n_examples)

@@ -246,7 +246,7 @@ def run_training(model, train: list, validation: list, cfg: ResolvedRunConfig,
 
     if best_weights is not None and state.best_step != state.step:
         # early stopping means "the best weights": not the ones after `patience` worse evaluations,
-        # nor those at the end of a run that reached its ceiling after its best evaluation
+        # nor those at the end of a run whose best evaluation came earlier
         ckpt.copy_weights(best_weights, accelerator.unwrap_model(model))
         result.weights_step = state.best_step
     result.peak_memory_bytes = peak_memory_bytes(device)
