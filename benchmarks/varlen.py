@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peak-budget", type=float, default=20.0, help="seconds for each matmul peak measurement")
     p.add_argument("--no-peak", action="store_true", help="skip the matmul peaks (no MFU)")
     p.add_argument("--timeout", type=int, default=7200, help="seconds per run")
+    p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+                   help="extra tunewright config (repeatable), e.g. --set train.attention=per_example")
     p.add_argument("--out", default="benchmarks/out/varlen")
     return p
 
@@ -108,8 +110,8 @@ def measure_tunewright(model: str, files: dict, precision: str, args, out: Path)
     for size in ("small", "large"):
         run_dir = out / "runs" / f"tunewright_{precision}_{size}"
         shutil.rmtree(run_dir, ignore_errors=True)
-        wall, load = _run(tunewright_command(model, files[size], files["validation"], run_dir, precision, args),
-                          out / "logs" / f"tunewright_{precision}_{size}.log", args.timeout)
+        cmd = tunewright_command(model, files[size], files["validation"], run_dir, precision, args, args.sets)
+        wall, load = _run(cmd, out / "logs" / f"tunewright_{precision}_{size}.log", args.timeout)
         summary = json.loads((run_dir / "summary.json").read_text())
         runs[size] = {"wall": wall, "load": load, "summary": summary, **resolved_threads(run_dir)}
     small, large = runs["small"], runs["large"]

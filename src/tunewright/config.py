@@ -77,6 +77,9 @@ class TrainConfig(_Section):
     # LoRA on CPU: each adapted layer's training forward as one op (train/fused_lora.py) that keeps a 1-byte mask
     # instead of a dropped-out copy of its input; same maths. Off until it measures faster (docs/performance.md)
     fused_lora: bool = False
+    # attention inside packed rows: mask = transformers' dense causal mask over each row; per_example = one causal
+    # SDPA call per example (train/packed_attention.py), same maths, less work; auto: mask until measured (hparams)
+    attention: Literal["auto", "mask", "per_example"] = "auto"
     eval_every: int | Auto = "auto"
     save_every: int | Auto = "auto"
     save_total_limit: int = Field(2, ge=1)
@@ -178,6 +181,7 @@ class ResolvedTrainConfig(TrainConfig):
     eval_examples: int | None
     distributed: Literal["ddp", "fsdp", "deepspeed"]  # train.distributed.resolve_strategy runs first
     lr_range_test: bool
+    attention: Literal["mask", "per_example"]
 
 
 class ResolvedPreferenceConfig(PreferenceConfig):

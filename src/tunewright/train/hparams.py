@@ -218,6 +218,16 @@ def precision_choice(device: torch.device) -> Choice:
     return "fp32", "fp32: this CPU has no native bf16 (emulated bf16 is ~100x slower)"
 
 
+def attention_choice() -> Choice:
+    """`train.attention: auto`: today's dense mask until a quiet machine measures the per-example lever.
+
+    Per example (train/packed_attention.py) computes the same attention with less work (sum of L^2 / 2 instead
+    of T^2 per packed row, no mask, no repeated keys), but on the loaded development machine its gain could not
+    be told from the noise (docs/performance.md); the key flips when `benchmarks/attention.py` says so.
+    """
+    return "mask", "mask: transformers' dense mask per packed row; per_example awaits a quiet measurement (docs/performance.md)"
+
+
 def learning_rate_choice(method: str, n_params: int, objective: str) -> Choice:
     lr = auto_learning_rate(method, n_params, objective)
     kind = "preference tuning" if objective != "sft" else "SFT"
@@ -341,6 +351,8 @@ def resolve_with_reasons(cfg: RunConfig, data: DataShape | int, n_params: int,
         choose(t, "eval_examples", *auto_eval_examples(shape, int(t.batch_size), int(t.eval_every)))
     if t.save_every == "auto":
         choose(t, "save_every", t.eval_every, f"{t.eval_every}: with each evaluation")
+    if t.attention == "auto":
+        choose(t, "attention", *attention_choice())
     if t.threads == "auto":
         if device.type == "cpu":
             choose(t, "threads", *threads_choice())

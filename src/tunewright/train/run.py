@@ -27,6 +27,7 @@ from .guards import check_output_dir, reconcile_resume
 from .hparams import DataShape, native_bf16, resolve_with_reasons
 from .loop import run_training
 from .lr_range import measure_learning_rate, range_test_applies
+from .packed_attention import restore_attention, use_per_example_attention
 from .methods import (
     apply_method,
     check_method_available,
@@ -157,6 +158,8 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
     model = apply_method(model, resolved)
     # bf16 autocast would cast the frozen base in every forward: store it in bf16 once (put back after training)
     stored_base = store_frozen_base_in_bf16(model) if bf16_base_applies(resolved, accelerator.mixed_precision) else None
+    # attention per example inside packed rows instead of a dense mask (put back after training)
+    own_attention = use_per_example_attention(model) if resolved.train.attention == "per_example" else None
     measured = None
     if decided.train.learning_rate == "auto" and range_test_applies(resolved, accelerator.num_processes):
         measured = measure_learning_rate(model, data.train, resolved, accelerator, tokenizer.pad_token_id, run_dir)
@@ -175,6 +178,8 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
 
     result = run_training(model, data.train, data.validation, run_cfg, run_dir, accelerator, tokenizer.pad_token_id, resume_from)
     model = accelerator.unwrap_model(model)
+    if own_attention is not None:
+        restore_attention(model, own_attention)
     if stored_base is not None:  # evaluation, RunResult.model and merges see the base as loaded, not bf16-rounded
         restore_frozen_base(model, stored_base, model_dir, decided.trust_remote_code)
     gathered = distributed.gather_model(model)  # a sharded model's full weights (every process takes part)
