@@ -118,7 +118,8 @@ def time_model(args) -> list[dict]:
 def _qkv(lengths: list[int], row_len: int, dtype: torch.dtype):
     heads, kv_heads, dim = 9, 3, 64
     width = row_len
-    position_ids = torch.tensor([sum((list(range(n)) for n in lengths), []) + list(range(width - sum(lengths)))])
+    positions = [i for n in lengths for i in range(n)]
+    position_ids = torch.tensor([positions + list(range(width - len(positions)))])
     q = torch.randn(1, heads, width, dim, dtype=dtype, requires_grad=True)
     k = torch.randn(1, kv_heads, width, dim, dtype=dtype, requires_grad=True)
     v = torch.randn(1, kv_heads, width, dim, dtype=dtype, requires_grad=True)

@@ -3,10 +3,10 @@
 The reference is today's path: the same packed micro-batch (restarted position ids, no mask) through
 the model's own SDPA attention, for which transformers builds the dense block-causal mask. With the
 lever the loss and every gradient must agree: fp32 to 1e-5 (the same kernel, fewer blocks, summed in
-another order; measured <= 3e-7 on the outputs), bf16 autocast within 2e-2 of the gradient norm and
-2e-3 of the loss (both paths run SDPA in bf16, rounding step 3.9e-3, blocked differently; measured
-<= 5e-3 / 4e-4 here). Each comparison also counts the SDPA calls, so a lever that silently fell back to
-the mask would fail.
+another order; measured: the same loss, gradients within 1.2e-6). bf16 autocast: within 2e-3 of the
+loss and 2e-2 of each gradient's norm (the masked path runs SDPA in bf16, rounding step 3.9e-3; the
+lever attends in fp32 on CPU; measured at most 1.4e-5 and 1.4e-2, Qwen2). Each comparison also counts
+the SDPA calls, so a lever that silently fell back to the mask would fail.
 """
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ from tunewright.data.templates import TokenizedExample
 from tunewright.errors import UserError
 from tunewright.train.batching import collate, pair_micro_batches
 from tunewright.train.loop import TokenLoss
-from tunewright.train.packed_attention import per_example_attention, use_per_example_attention
+from tunewright.train.packed_attention import (
+    per_example_attention,
+    use_per_example_attention,
+)
 from tunewright.train.preference_loss import SequenceLogps
 
 FP32 = {"rtol": 1e-5, "atol": 1e-5}

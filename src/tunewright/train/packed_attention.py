@@ -15,7 +15,10 @@ boundaries from the same position ids and runs one causal SDPA call per example 
 no mask, `enable_gqa` for GQA): sum of L_i^2 / 2 instead of T^2 work, no repeated keys and values,
 no mask. With it, transformers builds no mask (`_mask_when_needed`); any call that does need one
 (a padding mask passed in, a cache, query and key of different lengths) gets transformers' own
-mask and SDPA, unchanged. Sliding-window layers mask the examples longer than their window.
+mask and SDPA, unchanged. Sliding-window layers mask the examples longer than their window. On CPU,
+bf16/fp16 inputs are attended in fp32 (`_compute_dtype`: torch's bf16 CPU kernel has a large cost per
+call, which short examples do not amortise) and the output cast back, so under bf16 autocast the
+attention is more precise than the masked bf16 path, not less.
 
 Only training uses it: `use_per_example_attention` sets it for the run and `restore_attention` puts the
 model's own implementation back afterwards. Models whose attention is not SDPA (Gemma 2 runs eager for its
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +39,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from ..errors import UserError
 
 PER_EXAMPLE = "tunewright_per_example"
-_last_segments: list = [None, None]  # (position_ids, lengths): the layers of one forward share the split
+_last_segments: list = [None, None, None]  # (position_ids, its version, lengths): one forward's layers share the split
 
 
 def example_lengths(position_ids: torch.Tensor) -> list[list[int]]:
@@ -44,16 +48,17 @@ def example_lengths(position_ids: torch.Tensor) -> list[list[int]]:
     The same rule as transformers' `find_packed_sequence_indices`: a new example starts wherever a
     position is not the previous one plus one. Computed once per forward (layers get the same tensor).
     """
-    if _last_segments[0] is position_ids:
-        return _last_segments[1]
+    version = position_ids._version
+    if _last_segments[0] is position_ids and _last_segments[1] == version:
+        return _last_segments[2]
     starts = torch.ones_like(position_ids, dtype=torch.bool)
     starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
     width = position_ids.shape[1]
     lengths = []
     for row in starts.cpu():
         edges = row.nonzero().flatten().tolist() + [width]
-        lengths.append([b - a for a, b in zip(edges, edges[1:], strict=False)])
-    _last_segments[:] = [position_ids, lengths]
+        lengths.append([b - a for a, b in pairwise(edges)])
+    _last_segments[:] = [position_ids, version, lengths]
     return lengths
 
 
@@ -81,14 +86,30 @@ def per_example_attention_forward(module, query, key, value, attention_mask, dro
     lengths = example_lengths(position_ids)
     if len(lengths) != query.shape[0]:  # positions given once for the whole batch
         lengths = lengths * query.shape[0]
-    window = kwargs.get("sliding_window")
-    rows = []
-    for q, k, v, lens in zip(query.unbind(0), key.unbind(0), value.unbind(0), lengths, strict=True):
-        parts = zip(q.split(lens, 1), k.split(lens, 1), v.split(lens, 1), strict=True)
-        outs = [_causal(a[None], b[None], c[None], scaling, dropout, window) for a, b, c in parts]
-        rows.append(torch.cat(outs, 2) if len(outs) > 1 else outs[0])
+    dtype = _compute_dtype(query)
+    with torch.autocast(query.device.type, enabled=False):
+        rows = [_row(q.to(dtype), k.to(dtype), v.to(dtype), lens, scaling, dropout, kwargs.get("sliding_window"))
+                for q, k, v, lens in zip(query.unbind(0), key.unbind(0), value.unbind(0), lengths, strict=True)]
     out = torch.cat(rows, 0) if len(rows) > 1 else rows[0]
-    return out.transpose(1, 2).contiguous(), None
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def _compute_dtype(query: torch.Tensor) -> torch.dtype:
+    """fp32 for bf16/fp16 on CPU: there torch's flash kernel costs as much per short example in bf16 as fp32 over a whole row.
+
+    Measured (benchmarks/attention.py --part attention): one 512-token row of 4-6 examples, fwd+bwd, 1 thread:
+    bf16 per example 31-33 ms (the masked row 32-34 ms), the same examples in fp32 13-19 ms. More precise, too.
+    """
+    if query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return query.dtype
+
+
+def _row(q, k, v, lengths: list[int], scale, dropout: float, window: int | None) -> torch.Tensor:
+    """One packed row (H, T, D): causal attention within each example, concatenated back to (1, H, T, D)."""
+    parts = zip(q.split(lengths, 1), k.split(lengths, 1), v.split(lengths, 1), strict=True)
+    outs = [_causal(a[None], b[None], c[None], scale, dropout, window) for a, b, c in parts]
+    return torch.cat(outs, 2) if len(outs) > 1 else outs[0]
 
 
 def _mask_when_needed(*args, **kwargs):
@@ -142,7 +163,7 @@ def use_per_example_attention(model) -> str:
 def restore_attention(model, own: str) -> None:
     """Put the model's own attention back (evaluation, saving and serving never see the lever)."""
     _base_model(model).set_attn_implementation(own)
-    _last_segments[:] = [None, None]
+    _last_segments[:] = [None, None, None]
 
 
 @contextmanager

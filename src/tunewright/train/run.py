@@ -27,7 +27,6 @@ from .guards import check_output_dir, reconcile_resume
 from .hparams import DataShape, native_bf16, resolve_with_reasons
 from .loop import run_training
 from .lr_range import measure_learning_rate, range_test_applies
-from .packed_attention import restore_attention, use_per_example_attention
 from .methods import (
     apply_method,
     check_method_available,
@@ -35,6 +34,7 @@ from .methods import (
     is_adapter_method,
     quantization_config,
 )
+from .packed_attention import restore_attention, use_per_example_attention
 from .summary import already_finished, build_summary, plot_loss_curve, print_summary
 from .trackers import check_trackers_installed, tracker_hparams
 from .writes import remove_quietly, replace_folder, write_text_atomic
