@@ -98,7 +98,8 @@ def test_config_yaml_carries_a_reason_beside_each_auto_value_and_still_loads():
     assert RunConfig.model_validate(yaml.safe_load(text)).model_dump() == cfg.model_dump()
     train_section = text.split("\ntrain:\n")[1].split("\neval:\n")[0]
     lines = {line.split(":")[0].strip(): line for line in train_section.splitlines()}
-    for key in ("epochs", "learning_rate", "batch_size", "eval_every", "early_stopping_patience", "threads", "precision"):
+    for key in ("epochs", "learning_rate", "batch_size", "eval_every", "early_stopping_patience", "threads", "precision",
+                "attention"):
         assert "# auto: " in lines[key], lines[key]
     assert "# auto" not in lines["warmup_ratio"]  # set by the user's defaults, not by a rule
 
