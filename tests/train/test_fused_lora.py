@@ -211,8 +211,8 @@ def test_train_fused_lora_gives_the_loop_the_fused_op_on_cpu(tiny_model_dir):
         model = apply_method(load_model(str(tiny_model_dir)), load_config(model=str(tiny_model_dir), overrides=list(overrides)))
         return sum(isinstance(m, FusedLoraLinear) for m in model.modules())
 
-    assert fused_layers("train.fused_lora=true") == 2 * 7, "every adapted linear layer of the 2-block Llama"
-    assert fused_layers() == 0, "off by default (docs/performance.md)"
+    assert fused_layers() == 2 * 7, "on by default: every adapted linear layer of the 2-block Llama"
+    assert fused_layers("train.fused_lora=false") == 0, "false keeps PEFT's forward"
     assert fused_layers("train.fused_lora=true", "method=dora") == 0, "DoRA keeps PEFT's layer"
 
 
