@@ -114,8 +114,9 @@ def test_all_linear_targets_every_projection_of_the_family(lora_run, family_dir)
     from safetensors import safe_open
 
     with safe_open(str(lora_run / "adapter" / "adapter_model.safetensors"), "pt") as f:
-        wrapped = {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in f.keys() if ".lora_" in key}
-        layers = {key.split(".layers.")[1].split(".")[0] for key in f.keys()}
+        names = list(f.keys())  # safe_open is not a dict: it has keys() but no iteration
+    wrapped = {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in names if ".lora_" in key}
+    layers = {key.split(".layers.")[1].split(".")[0] for key in names}
     assert wrapped == expected, "every projection of every layer carries LoRA weights, and nothing else"
     assert layers == {str(i) for i in range(config["num_hidden_layers"])}
 
