@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peak-budget", type=float, default=10.0)
     p.add_argument("--no-peak", action="store_true")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per run")
+    p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+                   help="extra tunewright config (repeatable), e.g. --set train.attention=per_example")
     p.add_argument("--out", default=None, help="default: $OUT, else benchmarks/out/gpu_bench")
     return p
 
