@@ -99,6 +99,24 @@ def test_default_output_is_the_run_directory(adapter_run, test_file, tmp_path):
     assert "loss-curve" in (run / "eval" / "report.html").read_text()
 
 
+def test_sampling_defaults_come_from_the_runs_eval_section(adapter_run, test_file, tmp_path):
+    """A run trained with eval.max_new_tokens: 2 is scored with 2 new tokens unless the caller says otherwise."""
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(adapter_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "eval": {"max_new_tokens": 2}}))
+    from_run = evaluate(str(run), data=str(test_file), limit=3, compare_base=False, output_dir=tmp_path / "a")
+    assert from_run["settings"]["max_new_tokens"] == 2
+    assert all(ex["answer_tokens"]["tuned"] <= 2 for ex in from_run["examples"])
+    given = evaluate(str(run), data=str(test_file), limit=3, compare_base=False, max_new_tokens=5, output_dir=tmp_path / "b")
+    assert given["settings"]["max_new_tokens"] == 5
+    assert any(ex["answer_tokens"]["tuned"] > 2 for ex in given["examples"])
+
+
 def test_reference_loss_matches_transformers_on_assistant_tokens(eval_base_dir, test_file, plain_base_results):
     import torch
 

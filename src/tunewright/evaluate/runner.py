@@ -42,9 +42,9 @@ def evaluate(
     data: str | Path | Sequence[str | Path],
     compare_base: bool | None = None,
     limit: int | None = None,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
     scorer: str | None = None,
     output_dir: str | Path | None = None,
     as_json: bool = False,
@@ -52,11 +52,17 @@ def evaluate(
     resamples: int = 1000,
     seed: int = 0,
 ) -> dict:
-    """Evaluate a run or model on held-out examples (against its base for runs); returns results.json's content."""
+    """Evaluate a run or model on held-out examples (against its base for runs); returns results.json's content.
+
+    Sampling settings left as None come from the run's own `eval:` section (a classification run that set
+    `max_new_tokens: 8` is scored as it was trained to answer), else the config defaults.
+    """
     paths = [str(data)] if isinstance(data, (str, Path)) else [str(p) for p in data]
     run_dir = run_folder(run_or_model)
-    settings = EvalSettings(SamplingSettings(max_new_tokens, temperature, top_p, batch_size, seed), limit, resamples, seed,
-                            scorer=scorer, loss=run_loss_settings(run_dir))
+    given = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
+    sampling = {**run_sampling(run_dir), **{k: v for k, v in given.items() if v is not None}}
+    settings = EvalSettings(SamplingSettings(sampling["max_new_tokens"], sampling["temperature"], sampling["top_p"], batch_size, seed),
+                            limit, resamples, seed, scorer=scorer, loss=run_loss_settings(run_dir))
     check_settings(settings)
     scorer_fn = load_scorer(scorer) if scorer else None
     files = read_test_files(paths)
@@ -180,6 +186,21 @@ def apply_limit(conversations: list[Conversation], limit: int | None) -> list[Co
 
 
 # --- where things go ----------------------------------------------------------------------------
+
+
+def run_sampling(run_dir: Path | None) -> dict:
+    """max_new_tokens, temperature and top_p from the run's config.yaml `eval:` section, else the config defaults."""
+    from ..config import EvalConfig
+
+    defaults = EvalConfig()
+    chosen = {"max_new_tokens": defaults.max_new_tokens, "temperature": defaults.temperature, "top_p": defaults.top_p}
+    path = Path(run_dir) / "config.yaml" if run_dir is not None else None
+    if path is None or not path.is_file():
+        return chosen
+    import yaml
+
+    section = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("eval") or {}
+    return {k: section.get(k) if section.get(k) is not None else v for k, v in chosen.items()}
 
 
 def run_folder(run_or_model: str) -> Path | None:
