@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 LLAMA_VENV := .venv-llama
 LLAMA_CPP := llama-cpp-python==0.3.36
 
-.PHONY: setup browser llama postgres test quickstart bench gpu-bench clean
+.PHONY: setup browser llama postgres allocator test quickstart bench gpu-bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,7 +41,14 @@ postgres:
 	  echo "postgresql not installed: the worker tests will be skipped"
 	@id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres 2>/dev/null || true
 
-test: setup browser llama postgres
+allocator:
+	@# jemalloc, which `tunewright train` preloads (train.allocator: auto; src/tunewright/allocator.py), so that
+	@# tests/test_allocator.py's real restart runs. Never fails: without it that test skips and training uses glibc.
+	@{ ldconfig -p 2>/dev/null | grep -q 'libjemalloc\.so\.2'; } || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 >/dev/null) || \
+	  echo "jemalloc not installed: the allocator restart test will be skipped"
+
+test: setup browser llama postgres allocator
 	$(PY) -m pytest -q
 
 quickstart: setup

@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "tunewright"
-LAYERS = ["errors", "config", "data", "gguf_config", "models", "train", "evaluate", "sweep", "export", "serve",
+LAYERS = ["errors", "config", "allocator", "data", "gguf_config", "models", "train", "evaluate", "sweep", "export", "serve",
           "workflow", "quickstart", "__init__", "cli"]  # lowest first; `__init__` is the public API
 
 

@@ -14,6 +14,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune op
 data_app = typer.Typer(no_args_is_help=True, help="Inspect training data.")
 app.add_typer(data_app, name="data")
 err = Console(stderr=True)
+_process_entry = False  # set by main(): only a process started as the CLI may restart itself (never a test's CliRunner)
+
+
+def _preload_allocator(setting: str) -> None:
+    """Restart this command once with train.allocator's library preloaded (allocator.py); a no-op in-process."""
+    if _process_entry:
+        from .allocator import preload_for_training
+
+        preload_for_training(setting)
 
 
 def _friendly(fn):
@@ -83,6 +92,7 @@ def train(
     if data:
         fields["data__train"] = data[0] if len(data) == 1 else data
     cfg = load_config(config, overrides=set_ or [], **fields)
+    _preload_allocator(cfg.train.allocator)
     train_and_evaluate(cfg, resume=resume)
 
 
@@ -94,8 +104,9 @@ def quickstart(
     set_: list[str] | None = typer.Option(None, "--set", help="Override a config key, e.g. a short try: --set eval.limit=2 --set eval.max_new_tokens=16"),
 ):
     """The whole path on the embedded SmolLM2 and the example data: train, compare with the base, what next."""
-    from .quickstart import run_quickstart
+    from .quickstart import quickstart_config, run_quickstart
 
+    _preload_allocator(quickstart_config(output, steps, set_ or []).train.allocator)
     run_quickstart(output, max_steps=steps, overrides=set_ or [])
 
 
@@ -233,6 +244,7 @@ def sweep(
 
     seconds = parse_budget(budget)
     cfg = load_config(config, overrides=set_ or [], output_dir=output)
+    _preload_allocator(cfg.train.allocator)
     run_sweep(cfg, seconds, max_trials=trials, source=str(config))
 
 
@@ -279,6 +291,8 @@ def _quiet_libraries() -> None:
 
 
 def main() -> None:
+    global _process_entry
+    _process_entry = True
     _quiet_libraries()
     app()
 

@@ -98,6 +98,9 @@ class TrainConfig(_Section):
     lr_range_test: bool | Auto = "auto"
     # how several processes (torchrun / accelerate launch) split the work; see train/distributed.py
     distributed: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
+    # the training process's malloc (allocator.py): auto = jemalloc (else tcmalloc) where installed, which `tunewright
+    # train` preloads by restarting itself once; glibc keeps freed activations (DPO peak 2.69 -> 1.97 GB, docs/performance.md)
+    allocator: Literal["auto", "system", "jemalloc", "tcmalloc"] = "auto"
 
     @model_validator(mode="before")
     @classmethod
@@ -183,6 +186,7 @@ class ResolvedTrainConfig(TrainConfig):
     distributed: Literal["ddp", "fsdp", "deepspeed"]  # train.distributed.resolve_strategy runs first
     lr_range_test: bool
     attention: Literal["mask", "per_example"]
+    allocator: Literal["system", "jemalloc", "tcmalloc"]  # what the process ran with (allocator.running_choice)
 
 
 class ResolvedPreferenceConfig(PreferenceConfig):

@@ -26,7 +26,7 @@ HARMLESS = {
     "output_dir", "trust_remote_code", "train.eval_every", "train.save_every", "train.save_total_limit", "train.log_every",
     "train.threads", "train.report_to", "train.gradient_checkpointing", "train.micro_batch_tokens",
     "train.chunked_loss", "train.bf16_base", "train.fused_lora", "train.attention", "train.early_stopping_patience", "train.eval_examples",
-    "train.distributed",
+    "train.distributed", "train.allocator",
 }
 HARMLESS_SECTIONS = ("eval.", "fsdp.", "deepspeed.")  # how processes share the work: checkpoints are gathered
 PATH_KEYS = {"model", "data.train", "data.validation", "eval.data"}

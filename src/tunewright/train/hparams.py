@@ -45,6 +45,8 @@ the CLI prints them. The rules (also in the README):
   the machine's CPU time over half a second minus our own (train/cpu_usage.py): an OpenMP thread
   that has to share a core made training 4-5x slower, not 2x.
 - save_every: eval_every (so the best evaluation is usually a checkpoint too).
+- allocator: jemalloc (else tcmalloc) where installed and on Linux, preloaded by `tunewright train` restarting
+  itself; glibc elsewhere. Recorded as what the process really runs with (allocator.py, docs/performance.md).
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..allocator import loaded_allocator, running_choice
 from ..config import ResolvedRunConfig, RunConfig
 from .cpu_usage import WINDOW_S, idle_cores, measure_busy_elsewhere, usable_cores
 from .preference_loss import AUTO_BETA
@@ -353,6 +356,8 @@ def resolve_with_reasons(cfg: RunConfig, data: DataShape | int, n_params: int,
         choose(t, "save_every", t.eval_every, f"{t.eval_every}: with each evaluation")
     if t.attention == "auto":
         choose(t, "attention", *attention_choice())
+    if t.allocator == "auto" or t.allocator != loaded_allocator()[0]:  # config.yaml records what really ran
+        choose(t, "allocator", *running_choice(t.allocator))
     if t.threads == "auto":
         if device.type == "cpu":
             choose(t, "threads", *threads_choice())

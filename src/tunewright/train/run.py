@@ -12,6 +12,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
+from ..allocator import environment_record as allocator_record
 from ..config import ResolvedRunConfig, RunConfig, to_yaml
 from ..data.templates import CHATML_TEMPLATE
 from ..errors import UserError
@@ -111,7 +112,8 @@ def environment_info() -> dict:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], check=False, capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip()
     except Exception:
         commit = ""
-    return {"versions": versions, "python": platform.python_version(), "git_commit": commit, "machine": platform.machine()}
+    return {"versions": versions, "python": platform.python_version(), "git_commit": commit, "machine": platform.machine(),
+            "allocator": allocator_record()}
 
 
 def train(cfg: RunConfig, resume: bool = False) -> RunResult:
