@@ -42,11 +42,11 @@ postgres:
 	@id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres 2>/dev/null || true
 
 allocator:
-	@# jemalloc, which `tunewright train` preloads (train.allocator: auto; src/tunewright/allocator.py), so that
+	@# tcmalloc, which `tunewright train` preloads (train.allocator: auto; src/tunewright/allocator.py), so that
 	@# tests/test_allocator.py's real restart runs. Never fails: without it that test skips and training uses glibc.
-	@{ ldconfig -p 2>/dev/null | grep -q 'libjemalloc\.so\.2'; } || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 >/dev/null) || \
-	  echo "jemalloc not installed: the allocator restart test will be skipped"
+	@{ ldconfig -p 2>/dev/null | grep -q 'libtcmalloc_minimal\.so\.4'; } || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null) || \
+	  echo "tcmalloc not installed: the allocator restart test will be skipped"
 
 test: setup browser llama postgres allocator
 	$(PY) -m pytest -q

@@ -1,14 +1,15 @@
 """`train.allocator`: the malloc a training process runs with, chosen before torch loads.
 
 Why: glibc's malloc keeps the blocks of freed activations in its heap instead of giving them back, so
-about a third of a DPO run's peak RSS held no live tensor; jemalloc returns them cheaply and was no
-slower (tunewright DPO, SmolLM2-135M LoRA: 2.69 -> 1.97 GB peak RSS, docs/performance.md). PyTorch's
-own CPU launcher (`torch.backends.xeon.run_cpu`) preloads jemalloc or tcmalloc for the same reason.
+about a third of a DPO run's peak RSS held no live tensor. tcmalloc and jemalloc return them cheaply
+(SmolLM2-135M LoRA: DPO 2.69 -> 1.96 GB peak RSS, SFT 2.23 -> 1.77 GB); tcmalloc was the faster of the two
+and no slower than glibc (docs/performance.md). PyTorch's own CPU launcher (`torch.backends.xeon.run_cpu`)
+preloads tcmalloc by default for the same reason.
 
 A malloc can only be swapped when a process starts (LD_PRELOAD), so `tunewright train` re-executes
 itself once with it set, before torch is imported, guarded by an environment variable so it never
 loops. The Python API cannot re-execute the caller's interpreter: there, `auto` records what the
-process started with (`LD_PRELOAD=/path/libjemalloc.so.2 python ...` gives it jemalloc).
+process started with (`LD_PRELOAD=/path/libtcmalloc_minimal.so.4 python ...` gives it tcmalloc).
 This module is outside `train/` because importing that package loads torch.
 """
 from __future__ import annotations
@@ -25,13 +26,14 @@ from pathlib import Path
 from .errors import UserError
 
 ALLOCATORS = ("system", "jemalloc", "tcmalloc")
-PREFERRED = ("jemalloc", "tcmalloc")  # what `auto` preloads, first found wins (measured: docs/performance.md)
+PREFERRED = ("tcmalloc", "jemalloc")  # what `auto` preloads, first found wins (measured: docs/performance.md)
 LIBRARY_GLOBS = {"jemalloc": ("libjemalloc.so*",), "tcmalloc": ("libtcmalloc_minimal.so*", "libtcmalloc.so*")}
 LINK_NAMES = {"jemalloc": "jemalloc", "tcmalloc": "tcmalloc_minimal"}  # ctypes.util.find_library's names
-INSTALL_HINT = {"jemalloc": "Debian/Ubuntu: apt-get install libjemalloc2; Fedora: dnf install jemalloc; conda: conda install jemalloc",
-                "tcmalloc": "Debian/Ubuntu: apt-get install libtcmalloc-minimal4; Fedora: dnf install gperftools-libs"}
+INSTALL_HINT = {"tcmalloc": "Debian/Ubuntu: apt-get install libtcmalloc-minimal4; Fedora: dnf install gperftools-libs",
+                "jemalloc": "Debian/Ubuntu: apt-get install libjemalloc2; Fedora: dnf install jemalloc; conda: conda install jemalloc"}
 REEXEC_GUARD = "TUNEWRIGHT_ALLOCATOR_REEXEC"  # set by the re-execution: its count, so it happens at most once
-WHY = "freed activation memory goes back to the OS (glibc keeps it: DPO peak 2.69 -> 1.97 GB, docs/performance.md)"
+WHY = "freed activation memory goes back to the OS (glibc keeps it: DPO peak 2.69 -> 1.96 GB, docs/performance.md)"
+QUIET = {"tcmalloc": {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(2**40)}}  # no stderr line per allocation over 1 GB
 
 
 @dataclass(frozen=True)
@@ -91,11 +93,11 @@ def plan(setting: str, env: dict[str, str] | None = None, system: str | None = N
     system = system or platform.system()
     if setting not in ("auto", *ALLOCATORS):
         raise UserError(f"train.allocator={setting!r} is not one of auto, {', '.join(ALLOCATORS)}",
-                        "set train.allocator to auto (jemalloc when installed), system (glibc), jemalloc or tcmalloc")
+                        "set train.allocator to auto (tcmalloc or jemalloc when installed), system (glibc), tcmalloc or jemalloc")
     if setting == "system":
         return Plan("system", None, "system: glibc malloc, as set")
     if system != "Linux":
-        return _not_preloaded(setting, f"{system} has no LD_PRELOAD; the system allocator")
+        return _not_preloaded(setting, f"preloading a malloc needs Linux (LD_PRELOAD), not {system}")
     if is_launched_worker(env):
         return _not_preloaded(setting, "a torchrun/accelerate worker is never re-executed; preload it for every worker "
                                        "with LD_PRELOAD before the launcher")
@@ -107,7 +109,8 @@ def plan(setting: str, env: dict[str, str] | None = None, system: str | None = N
     if setting != "auto":
         raise UserError(f"train.allocator={setting}: its shared library was not found in {', '.join(library_dirs())}",
                         f"install it ({INSTALL_HINT[setting]}), or set train.allocator: auto or system")
-    return Plan("system", None, f"system: glibc malloc, jemalloc is not installed (install it for less memory: {INSTALL_HINT['jemalloc']})")
+    return Plan("system", None, "system: glibc malloc, neither tcmalloc nor jemalloc is installed "
+                                f"(install one for less memory: {INSTALL_HINT['tcmalloc']})")
 
 
 def _not_preloaded(setting: str, why: str) -> Plan:
@@ -121,23 +124,26 @@ def reexec_count(env: dict[str, str] | None = None) -> int:
     return int((os.environ if env is None else env).get(REEXEC_GUARD) or 0)
 
 
-def needs_reexec(chosen: Plan, env: dict[str, str] | None = None, maps: str | None = None) -> bool:
-    """Whether the CLI must restart itself to get `chosen`: no allocator mapped yet, and never a second time.
+def restart_allowed(env: dict[str, str] | None = None, maps: str | None = None) -> bool:
+    """Whether the CLI may restart itself: not restarted before, and no allocator mapped yet.
 
     One the user preloaded (LD_PRELOAD) is kept: a second preloaded malloc would not replace it cleanly.
     """
     env = os.environ if env is None else env
-    return chosen.library is not None and reexec_count(env) == 0 and loaded_allocator(maps)[0] == "system"
+    return reexec_count(env) == 0 and loaded_allocator(maps)[0] == "system"
 
 
 def preload_for_training(setting: str) -> None:
     """CLI only, before torch loads: restart this command with the planned allocator preloaded (at most once)."""
+    if not restart_allowed():
+        return
     chosen = plan(setting)
-    if not needs_reexec(chosen):
+    if chosen.library is None:
         return
     env = dict(os.environ)
     env["LD_PRELOAD"] = os.pathsep.join(p for p in (chosen.library, env.get("LD_PRELOAD", "")) if p)
     env[REEXEC_GUARD] = str(reexec_count() + 1)
+    env = QUIET.get(chosen.name, {}) | env  # the user's own settings win
     sys.stdout.flush()
     sys.stderr.flush()
     try:

@@ -98,8 +98,8 @@ class TrainConfig(_Section):
     lr_range_test: bool | Auto = "auto"
     # how several processes (torchrun / accelerate launch) split the work; see train/distributed.py
     distributed: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
-    # the training process's malloc (allocator.py): auto = jemalloc (else tcmalloc) where installed, which `tunewright
-    # train` preloads by restarting itself once; glibc keeps freed activations (DPO peak 2.69 -> 1.97 GB, docs/performance.md)
+    # the training process's malloc (allocator.py): auto = tcmalloc (else jemalloc) where installed, which `tunewright
+    # train` preloads by restarting itself once; glibc keeps freed activations (DPO peak 2.69 -> 1.96 GB, docs/performance.md)
     allocator: Literal["auto", "system", "jemalloc", "tcmalloc"] = "auto"
 
     @model_validator(mode="before")

@@ -45,7 +45,7 @@ the CLI prints them. The rules (also in the README):
   the machine's CPU time over half a second minus our own (train/cpu_usage.py): an OpenMP thread
   that has to share a core made training 4-5x slower, not 2x.
 - save_every: eval_every (so the best evaluation is usually a checkpoint too).
-- allocator: jemalloc (else tcmalloc) where installed and on Linux, preloaded by `tunewright train` restarting
+- allocator: tcmalloc (else jemalloc) where installed and on Linux, preloaded by `tunewright train` restarting
   itself; glibc elsewhere. Recorded as what the process really runs with (allocator.py, docs/performance.md).
 """
 from __future__ import annotations
