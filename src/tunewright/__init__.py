@@ -24,9 +24,9 @@ def evaluate(
     data: str | Path | Sequence[str | Path],
     compare_base: bool | None = None,
     limit: int | None = None,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
     scorer: str | None = None,
     output_dir: str | Path | None = None,
     as_json: bool = False,
@@ -37,7 +37,8 @@ def evaluate(
     """Evaluate a run or model on held-out examples (against its base for runs); returns results.json's content.
 
     `scorer` is "module:function(prompt, reference, answer) -> float"; `resamples` paired bootstrap
-    resamples give the confidence intervals.
+    resamples give the confidence intervals. Sampling settings left as None come from the run's `eval:`
+    section, else 256 new tokens, greedy.
     """
     from .evaluate import evaluate as _evaluate
 
