@@ -47,7 +47,7 @@ def test_results_schema(adapter_results):
     assert list(results["metrics"]["base"]) == builtin and list(results["metrics"]["tuned"]) == builtin
     assert results["settings"]["bootstrap"] == {"resamples": 1000, "seed": 0, "confidence": 0.95}
     assert results["settings"]["decoding"] == "greedy" and results["settings"]["max_new_tokens"] == MAX_NEW
-    for key, row in results["comparison"].items():
+    for row in results["comparison"].values():
         assert set(row) == COMPARISON_KEYS
         assert row["delta"] == pytest.approx(row["tuned"] - row["base"])
         assert row["low"] - 1e-9 <= row["delta"] <= row["high"] + 1e-9

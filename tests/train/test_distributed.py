@@ -33,9 +33,9 @@ def _one_and_two_processes(model_dir: Path, data: Path, max_steps: int, tmp_path
 
 def _assert_same_adapter(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
-    assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k), "training moved the adapter"
+    for k, v in a.items():
+        torch.testing.assert_close(v, b[k], atol=1e-5, rtol=1e-4)
+    assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k), "training moved the adapter"
 
 
 def test_two_gloo_processes_give_the_same_adapter_as_one_process(tiny_model_dir, tmp_path):

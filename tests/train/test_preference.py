@@ -354,7 +354,7 @@ def test_dpo_on_two_gloo_processes_gives_the_same_adapter_as_one_process(tiny_mo
     for key in ("loss", "reward_margin", "preference_accuracy", "logps_chosen", "logps_rejected", "grad_norm"):
         assert [r[key] for r in two] == pytest.approx([r[key] for r in one], rel=1e-5, abs=1e-6), key
     a, b = (load_file(str(tmp_path / r / "adapter" / "adapter_model.safetensors")) for r in ("one", "two"))
-    assert a.keys() == b.keys() and any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)
+    assert a.keys() == b.keys() and any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)
     # Adam's first steps divide each gradient element by its own size (eps 1e-8): the few elements whose DPO
     # gradient is ~1e-8 turn summation-order noise into a visible share of one lr step (measured 5.5e-5 at
     # lr 1e-2, 1 element in 2,048); losses, margins and gradient norms above agree to 1e-6

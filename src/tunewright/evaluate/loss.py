@@ -19,12 +19,17 @@ from .generate import model_device, progress_bar
 DEFAULT_TOKEN_BUDGET = 1024  # tokens per forward pass where no run says otherwise
 
 
-def run_loss_settings(run_dir: Path | None) -> LossSettings:
-    """The loss settings of the run in `run_dir` (its config.yaml); the training defaults for a plain model."""
+def run_config(run_dir: Path | None) -> dict:
+    """The run's config.yaml as written by the trainer; {} for a plain model (every reader then uses its defaults)."""
     path = Path(run_dir) / "config.yaml" if run_dir is not None else None
     if path is None or not path.is_file():
-        return LossSettings()
-    return LossSettings.of(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        return {}
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def run_loss_settings(run_cfg: dict) -> LossSettings:
+    """The loss settings of a run (its config.yaml, `run_config`); the training defaults for a plain model."""
+    return LossSettings.of(run_cfg)  # {} gives the defaults
 
 
 def max_context(model) -> int:

@@ -16,7 +16,6 @@ share of pairs where it is positive. The base is the reference, so its own rewar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -115,14 +114,9 @@ def held_out_from_rows(rows: list[PreferenceRow], pairs: list[PreferencePair], b
     return [r.chosen_conversation() for r in rows], HeldOutPairs(pairs, [r.rejected for r in rows], beta)
 
 
-def run_beta(run_dir: Path | None) -> float:
-    """The beta a DPO run trained with (config.yaml `preference.beta`); auto (and a plain model) is 0.1."""
-    if run_dir is None or not (Path(run_dir) / "config.yaml").is_file():
-        return AUTO_BETA
-    import yaml
-
-    cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
-    return beta_of(cfg.get("objective", "sft"), (cfg.get("preference") or {}).get("beta", "auto"))
+def run_beta(run_cfg: dict) -> float:
+    """The beta a DPO run trained with (config.yaml `preference.beta`, `loss.run_config`); auto (and a plain model) is 0.1."""
+    return beta_of(run_cfg.get("objective", "sft"), (run_cfg.get("preference") or {}).get("beta", "auto"))
 
 
 def beta_of(objective: str, beta) -> float:

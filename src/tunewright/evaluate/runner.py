@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..models import describe_run
 from ..train.validation import LossSettings
 from .generate import SamplingSettings
-from .loss import max_context, run_loss_settings
+from .loss import max_context, run_config, run_loss_settings
 from .metrics import load_scorer
 from .preference import (
     HeldOutPairs,
@@ -59,10 +59,11 @@ def evaluate(
     """
     paths = [str(data)] if isinstance(data, (str, Path)) else [str(p) for p in data]
     run_dir = run_folder(run_or_model)
+    run_cfg = run_config(run_dir)
     given = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
-    sampling = {**run_sampling(run_dir), **{k: v for k, v in given.items() if v is not None}}
+    sampling = {**run_sampling(run_cfg), **{k: v for k, v in given.items() if v is not None}}
     settings = EvalSettings(SamplingSettings(sampling["max_new_tokens"], sampling["temperature"], sampling["top_p"], batch_size, seed),
-                            limit, resamples, seed, scorer=scorer, loss=run_loss_settings(run_dir))
+                            limit, resamples, seed, scorer=scorer, loss=run_loss_settings(run_cfg))
     check_settings(settings)
     scorer_fn = load_scorer(scorer) if scorer else None
     files = read_test_files(paths)
@@ -73,7 +74,7 @@ def evaluate(
     if rows is not None:
         tuned = sides[-1]
         rows, tokenized = tokenize_test_pairs(rows, tuned.tokenizer, max_context(tuned.model), " ".join(paths))
-        conversations, pairs = held_out_from_rows(rows, tokenized, run_beta(run_dir))
+        conversations, pairs = held_out_from_rows(rows, tokenized, run_beta(run_cfg))
     results = run_evaluation(sides, conversations, settings, scorer_fn, pairs)
     results["model"] = model_record(run_or_model, sides)
     results["data"] = paths
@@ -188,19 +189,12 @@ def apply_limit(conversations: list[Conversation], limit: int | None) -> list[Co
 # --- where things go ----------------------------------------------------------------------------
 
 
-def run_sampling(run_dir: Path | None) -> dict:
-    """max_new_tokens, temperature and top_p from the run's config.yaml `eval:` section, else the config defaults."""
+def run_sampling(run_cfg: dict) -> dict:
+    """max_new_tokens, temperature and top_p from the run's `eval:` section (`loss.run_config`), else the config defaults."""
     from ..config import EvalConfig
 
-    defaults = EvalConfig()
-    chosen = {"max_new_tokens": defaults.max_new_tokens, "temperature": defaults.temperature, "top_p": defaults.top_p}
-    path = Path(run_dir) / "config.yaml" if run_dir is not None else None
-    if path is None or not path.is_file():
-        return chosen
-    import yaml
-
-    section = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("eval") or {}
-    return {k: section.get(k) if section.get(k) is not None else v for k, v in chosen.items()}
+    section = EvalConfig.model_validate(run_cfg.get("eval") or {})
+    return {"max_new_tokens": section.max_new_tokens, "temperature": section.temperature, "top_p": section.top_p}
 
 
 def run_folder(run_or_model: str) -> Path | None:
