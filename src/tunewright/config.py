@@ -133,6 +133,9 @@ class PreferenceConfig(_Section):
     beta: float | Auto = "auto"  # strength of the preference term; auto: 0.1 (see train.hparams)
     loss: Literal["sigmoid", "ipo"] = "sigmoid"  # DPO's logistic loss, or IPO's squared loss (dpo only)
     sft_weight: float = Field(0.0, ge=0.0)  # > 0 adds the NLL of the chosen answer (RPO); orpo has its own NLL
+    # the prompt both answers of a pair start with goes through the model once, not twice (a 4-D mask keeps the
+    # rejected answer from seeing the chosen one); auto: on where the model's attention takes such a mask
+    shared_prompt: bool | Auto = "auto"
 
 
 class EvalConfig(_Section):
@@ -191,6 +194,7 @@ class ResolvedTrainConfig(TrainConfig):
 
 class ResolvedPreferenceConfig(PreferenceConfig):
     beta: float
+    shared_prompt: bool
 
 
 class ResolvedRunConfig(RunConfig):

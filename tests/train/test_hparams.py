@@ -129,3 +129,37 @@ def test_the_range_test_stays_off_where_it_was_not_shown_to_win_or_was_asked_off
         assert shows in why["train.lr_range_test"], why["train.lr_range_test"]
     else:
         assert "train.lr_range_test" not in why  # the user's own value carries no auto reason
+
+
+def _model_config(attention: str = "sdpa", **extra):
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(**extra)
+    config._attn_implementation = attention
+    return config
+
+
+@pytest.mark.parametrize(("attention", "extra", "shared", "reason"), [
+    ("sdpa", {}, True, "once"),
+    ("eager", {}, True, "once"),
+    ("flash_attention_2", {}, False, "takes no 4-D mask"),
+    ("sdpa", {"sliding_window": 512}, False, "sliding window (512 tokens)"),
+    ("sdpa", {"sliding_window": 4096}, True, "once"),  # longer than any row of two 1,024-token sequences
+])
+def test_pairs_share_their_prompt_where_the_models_attention_takes_the_mask(attention, extra, shared, reason):
+    cfg = load_config(data__train="t.jsonl", objective="dpo")
+    resolved, why = resolve_with_reasons(cfg, 200, 135_000_000, CPU, _model_config(attention, **extra))
+    assert resolved.preference.shared_prompt is shared and reason in why["preference.shared_prompt"]
+    sft, _ = resolve_with_reasons(load_config(data__train="t.jsonl"), 200, 135_000_000, CPU, _model_config())
+    assert sft.preference.shared_prompt is False
+
+
+def test_shared_prompt_true_on_a_model_that_cannot_take_it_is_a_clear_error():
+    from tunewright.errors import UserError
+
+    cfg = load_config(data__train="t.jsonl", objective="dpo", overrides=["preference.shared_prompt=true"])
+    with pytest.raises(UserError, match="flash_attention_2 attention takes no 4-D mask") as err:
+        resolve_with_reasons(cfg, 200, 135_000_000, CPU, _model_config("flash_attention_2"))
+    assert "preference.shared_prompt=false" in err.value.fix
+    off = load_config(data__train="t.jsonl", objective="dpo", overrides=["preference.shared_prompt=false"])
+    assert resolve_with_reasons(off, 200, 135_000_000, CPU, _model_config("flash_attention_2"))[0].preference.shared_prompt is False

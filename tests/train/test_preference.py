@@ -104,12 +104,12 @@ def _straight_losses(model, pairs, objective, loss, beta, sft_weight, ref) -> to
     return torch.stack(out)
 
 
-def _packed_losses(model, pairs, ids, objective, loss, beta, sft_weight, ref, budget=100_000) -> list[torch.Tensor]:
+def _packed_losses(model, pairs, ids, objective, loss, beta, sft_weight, ref, budget=100_000, share=True) -> list[torch.Tensor]:
     """The summed loss of each micro-batch, as the training loop computes it (packed, one pass per micro-batch)."""
     module = SequenceLogps(model)
     out = []
-    for mb in pair_micro_batches(pairs, ids, pad_id=0, token_budget=budget, packing=True, row_len=64):
-        logps = module(mb.input_ids, mb.position_ids, mb.labels, mb.seq_ids, 2 * len(mb.pair_ids))
+    for mb in pair_micro_batches(pairs, ids, pad_id=0, token_budget=budget, packing=True, row_len=64, share_prompt=share):
+        logps = module(*mb.model_args())
         policy = PairLogps.from_interleaved(logps, mb.sequence_tokens)
         r = torch.tensor([ref[i] for i in mb.pair_ids])
         reference = PairLogps(r[:, 0], r[:, 1], policy.chosen_tokens, policy.rejected_tokens)
@@ -145,15 +145,19 @@ def _lora(model):
     return lora
 
 
+@pytest.mark.parametrize("share", [True, False], ids=["shared-prompt", "prompt-twice"])
 @pytest.mark.parametrize("objective,loss,sft_weight,method", [c + ("full",) for c in CASES] + [("dpo", "sigmoid", 0.5, "lora")])
-def test_packed_loss_and_gradients_equal_two_separate_passes(tok_model, pairs, objective, loss, sft_weight, method):
-    """full trains the LM head (plain logits path); LoRA's head is frozen (chunked per-token path)."""
+def test_packed_loss_and_gradients_equal_two_separate_passes(tok_model, pairs, objective, loss, sft_weight, method, share):
+    """full trains the LM head (plain logits path); LoRA's head is frozen (chunked per-token path).
+
+    With `share` each pair's prompt is in its row once, and the rejected answer attends to it through a 4-D mask.
+    """
     tok, base = tok_model
     model = copy.deepcopy(base) if method == "full" else _lora(copy.deepcopy(base))
     ref = _reference_table(tok, pairs)
     beta = 0.3
     ids = list(range(len(pairs)))
-    packed = _packed_losses(model, pairs, ids, objective, loss, beta, sft_weight, ref)
+    packed = _packed_losses(model, pairs, ids, objective, loss, beta, sft_weight, ref, share=share)
     assert len(packed) == 1, "all 8 pairs in one forward pass"
     packed_grads = _grads(model, packed, len(pairs))
     straight = _straight_losses(model, pairs, objective, loss, beta, sft_weight, ref)
@@ -163,6 +167,20 @@ def test_packed_loss_and_gradients_equal_two_separate_passes(tok_model, pairs, o
     assert packed_grads.keys() == straight_grads.keys()
     for name in packed_grads:
         torch.testing.assert_close(packed_grads[name], straight_grads[name], atol=1e-6, rtol=1e-4)
+
+
+def test_shared_prompt_rows_give_eager_attention_the_same_maths_as_sdpa(tok_model, pairs):
+    """Eager attention adds its mask to the scores: the boolean mask goes in as 0 / -inf, same log-probs."""
+    _, base = tok_model
+    ref = [(0.0, 0.0)] * len(pairs)
+    ids = list(range(len(pairs)))
+    sdpa = _packed_losses(copy.deepcopy(base), pairs, ids, "orpo", "sigmoid", 0.1, 0.0, ref)
+    eager_model = copy.deepcopy(base)
+    eager_model.set_attn_implementation("eager")
+    eager = _packed_losses(eager_model, pairs, ids, "orpo", "sigmoid", 0.1, 0.0, ref)
+    straight = _straight_losses(eager_model, pairs, "orpo", "sigmoid", 0.1, 0.0, ref)
+    torch.testing.assert_close(eager[0], sdpa[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(eager[0], straight.sum(), atol=1e-5, rtol=1e-5)
 
 
 def test_per_token_losses_in_chunks_equal_plain_cross_entropy():
@@ -187,8 +205,8 @@ def test_dpo_loss_is_ln2_per_pair_when_policy_is_reference(tok_model, pairs):
     _, base = tok_model
     model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
     module = SequenceLogps(model)
-    [mb] = pair_micro_batches(pairs, list(range(8)), 0, 100_000, True, 64)
-    args = (mb.input_ids, mb.position_ids, mb.labels, mb.seq_ids, 16)
+    [mb] = pair_micro_batches(pairs, list(range(8)), 0, 100_000, True, 64, share_prompt=True)
+    args = mb.model_args()
     policy = PairLogps.from_interleaved(module(*args), mb.sequence_tokens)
     with torch.no_grad(), model.disable_adapter():
         reference = PairLogps.from_interleaved(module(*args), mb.sequence_tokens)
@@ -217,8 +235,42 @@ def test_each_pair_shares_one_forward_pass_with_restarted_positions(tok_model, p
     [mb] = pair_micro_batches(pairs, [0, 1, 2], 0, 100_000, True, 64)
     assert sorted(mb.pair_ids) == [0, 1, 2] and mb.sequence_tokens.tolist() == [
         _count(getattr(pairs[i], side)) for i in mb.pair_ids for side in ("chosen", "rejected")]
-    starts = (mb.position_ids == 0) & (mb.seq_ids >= 0)
-    assert int(starts.sum()) == 6, "positions restart at every answer of every pair"
+    assert mb.attention_mask is None, "without a shared prompt the positions alone keep the sequences apart"
+    assert mb.real_tokens == sum(len(getattr(pairs[i], side).input_ids) for i in (0, 1, 2) for side in ("chosen", "rejected"))
+    [unpacked] = pair_micro_batches(pairs, [0, 1, 2], 0, 100_000, False, 64)  # a row per pair
+    for row, i in zip(unpacked.position_ids.tolist(), unpacked.pair_ids, strict=True):
+        c, r = len(pairs[i].chosen.input_ids), len(pairs[i].rejected.input_ids)
+        assert row[:c + r] == list(range(c)) + list(range(r)), "positions restart at the rejected answer"
+
+
+def test_a_shared_prompt_is_in_the_row_once_and_the_rejected_answer_cannot_see_the_chosen_one(tok_model, pairs):
+    pair = pairs[1]
+    [mb] = pair_micro_batches(pairs, [1], 0, 100_000, True, 64, share_prompt=True)
+    c, r = pair.chosen, pair.rejected
+    s = next(j for j, x in enumerate(c.labels) if x != -100)  # the prompt: every token before the first trained one
+    assert c.input_ids[:s] == r.input_ids[:s] and mb.shared_tokens == s
+    row = mb.input_ids[0].tolist()
+    assert row == c.input_ids + r.input_ids[s:], "prompt, chosen answer, rejected answer"
+    assert mb.position_ids[0].tolist() == list(range(len(c.input_ids))) + list(range(s, len(r.input_ids)))
+    mask = mb.attention_mask[0, 0]
+    first_rejected = len(c.input_ids)
+    assert mask[first_rejected, :s].all() and not mask[first_rejected, s:first_rejected].any(), "prompt yes, chosen no"
+    assert mask[first_rejected, first_rejected] and not mask[s, first_rejected], "causal"
+    # the last prompt position scores the first answer token of both sequences
+    assert (mb.sources == s - 1).sum() == 2 and sorted(mb.targets[mb.sources == s - 1].tolist()) == sorted([c.labels[s], r.labels[s]])
+    assert mb.real_tokens == len(c.input_ids) + len(r.input_ids) and mb.padded_tokens == mb.real_tokens
+
+
+def test_sharing_stops_at_the_first_trained_token_even_when_both_answers_begin_alike(tok_model):
+    from tunewright.train.batching import shared_prompt_length
+
+    tok = tok_model[0]
+    prompt = Message("user", "Name a colour.")
+    a = tokenize_conversation(tok, Conversation((prompt, Message("assistant", "red red"))))
+    b = tokenize_conversation(tok, Conversation((prompt, Message("assistant", "red blue"))))
+    first_trained = next(j for j, x in enumerate(a.labels) if x != -100)
+    assert a.input_ids[first_trained] == b.input_ids[first_trained], "the answers begin with the same token"
+    assert shared_prompt_length(a, b) == first_trained
 
 
 # ---- whole runs through tunewright.train / the CLI -------------------------------------------------------------

@@ -85,7 +85,7 @@ def _ours(model, cfg, pairs, tokenizer) -> dict:
         for mb in objective.batches("train", list(range(len(pairs)))):
             loss, _ = objective.loss(objective.module, mb, "cpu")
             total += float(loss)
-            args = (mb.input_ids, mb.position_ids, mb.labels, mb.seq_ids, 2 * len(mb.pair_ids))
+            args = mb.model_args()
             policy = PairLogps.from_interleaved(objective.module(*args), mb.sequence_tokens)
             with model.disable_adapter():
                 reference = PairLogps.from_interleaved(objective.module(*args), mb.sequence_tokens)

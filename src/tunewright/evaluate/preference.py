@@ -45,7 +45,7 @@ def pair_logps(model, pairs: list[PreferencePair], pad_id: int, token_budget: in
     import torch
 
     from ..train.batching import pair_micro_batches
-    from ..train.preference_loss import SequenceLogps
+    from ..train.preference_loss import SequenceLogps, shared_prompt_obstacle
 
     out = np.zeros((len(pairs), 2), dtype=np.float64)
     if not pairs:
@@ -53,11 +53,11 @@ def pair_logps(model, pairs: list[PreferencePair], pad_id: int, token_budget: in
     longest = max(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs)
     row_len = max(token_budget, longest)
     module, device = SequenceLogps(model), model_device(model)
-    batches = pair_micro_batches(pairs, list(range(len(pairs))), pad_id, token_budget, True, row_len)
+    share = shared_prompt_obstacle(model.config, row_len) is None  # each prompt once, where the attention allows
+    batches = pair_micro_batches(pairs, list(range(len(pairs))), pad_id, token_budget, True, row_len, share)
     with progress_bar(description, len(pairs)) as advance, torch.inference_mode():
         for mb in batches:
-            n = 2 * len(mb.pair_ids)
-            logps = module(mb.input_ids.to(device), mb.position_ids.to(device), mb.labels.to(device), mb.seq_ids.to(device), n)
+            logps = module(*mb.model_args(device))
             out[mb.pair_ids] = logps.double().cpu().view(-1, 2).numpy()
             advance(len(mb.pair_ids))
     return out

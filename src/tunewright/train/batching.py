@@ -139,58 +139,146 @@ def micro_batches(examples: list[TokenizedExample], pad_id: int, token_budget: i
 
 @dataclass
 class PairUnit:
-    """Both answers of pair `index`, packed as one unit: they share a row (or at least a micro-batch)."""
+    """Both answers of pair `index`, packed as one unit: they share a row (or at least a micro-batch).
+
+    With `shared` > 0 the unit is prompt + chosen answer + rejected answer: the first `shared` tokens
+    (the untrained prompt both sequences start with) are in the row once, and the rejected answer
+    attends to them but not to the chosen answer (`PairMicroBatch.attention_mask`).
+    """
 
     index: int
     chosen: TokenizedExample
     rejected: TokenizedExample
+    shared: int = 0
 
     @property
-    def input_ids(self) -> list[int]:  # packing reads only its length
-        return self.chosen.input_ids + self.rejected.input_ids
+    def input_ids(self) -> list[int]:  # the unit's tokens as they sit in its row
+        return self.chosen.input_ids + self.rejected.input_ids[self.shared:]
+
+
+def shared_prompt_length(chosen: TokenizedExample, rejected: TokenizedExample) -> int:
+    """Tokens both sequences start with and neither trains: the prompt, computed once when shared.
+
+    Stops at the first trained token, so an answer token is never shared even when both answers
+    begin alike; at most all but the last token of the shorter sequence (each keeps one token of its own).
+    """
+    limit = min(len(chosen.input_ids), len(rejected.input_ids)) - 1
+    n = 0
+    while n < limit and chosen.input_ids[n] == rejected.input_ids[n] and chosen.labels[n] == rejected.labels[n] == -100:
+        n += 1
+    return n
 
 
 @dataclass
 class PairMicroBatch(MicroBatch):
-    """A micro-batch of preference pairs: sequence 2k is the chosen answer of its k-th pair, 2k+1 the rejected."""
+    """A micro-batch of preference pairs: sequence 2k is the chosen answer of its k-th pair, 2k+1 the rejected.
 
-    seq_ids: torch.Tensor | None = None  # (B, T) the sequence of each token, -1 on padding
+    The model scores `targets` (N,) from the hidden states at `sources` (N,) (flat indices into the
+    (B * T) positions); `target_seqs` (N,) says whose sequence each target is. Spelled out rather than
+    shifted labels, because with a shared prompt its last position predicts the first token of both answers.
+    `real_tokens` counts each pair's two sequences in full (prompt twice, as the data report and
+    other tools count them); `shared_tokens` of those are the prompts not computed twice.
+    """
+
+    sources: torch.Tensor | None = None  # (N,) flat position whose hidden state predicts each target
+    targets: torch.Tensor | None = None  # (N,) the trained tokens
+    target_seqs: torch.Tensor | None = None  # (N,) sequence of each target: 2k chosen, 2k+1 rejected
+    attention_mask: torch.Tensor | None = None  # (B, 1, T, T) True = may attend; None: the positions say it
     pair_ids: list[int] = field(default_factory=list)  # dataset index of each of its pairs
     sequence_tokens: torch.Tensor | None = None  # (2P,) trained tokens of each sequence
     reference: torch.Tensor | None = None  # (P, 2) reference log-probs of (chosen, rejected), when precomputed
+    shared_tokens: int = 0
+
+    @property
+    def padded_tokens(self) -> int:  # the positions a pass stands for: computed (pad included) + shared prompts
+        return int(self.input_ids.numel()) + self.shared_tokens
+
+    def model_args(self, device=None) -> tuple:
+        """`SequenceLogps`' positional arguments, on `device`."""
+        mask = None if self.attention_mask is None else self.attention_mask.to(device)
+        return (self.input_ids.to(device), self.position_ids.to(device), mask, self.sources.to(device),
+                self.targets.to(device), self.target_seqs.to(device), 2 * len(self.pair_ids))
 
 
 def pair_micro_batches(pairs: list, ids: list[int], pad_id: int, token_budget: int, packing: bool,
-                       row_len: int) -> list[PairMicroBatch]:
+                       row_len: int, share_prompt: bool = False) -> list[PairMicroBatch]:
     """Micro-batches of the pairs `ids`: chosen and rejected of a pair go through the same forward pass.
 
     `packing` puts several pairs in a row; without it each row holds one pair (its two answers, each
     with positions restarting at 0, so still one pass per pair and no padding between them).
+    `share_prompt` puts each pair's prompt in the row once (`PairUnit`); the model must take a 4-D mask.
     """
-    units = [PairUnit(i, pairs[i].chosen, pairs[i].rejected) for i in ids]
+    units = [PairUnit(i, pairs[i].chosen, pairs[i].rejected,
+                      shared_prompt_length(pairs[i].chosen, pairs[i].rejected) if share_prompt else 0) for i in ids]
     rows = pack_rows(units, row_len) if packing else [[u] for u in units]
-    return [_collate_pairs(g, pad_id) for g in group_rows(rows, max(token_budget, row_len))]
+    return [_collate_pairs(g, pad_id, share_prompt) for g in group_rows(rows, max(token_budget, row_len))]
 
 
-def _collate_pairs(rows: list[list[PairUnit]], pad_id: int) -> PairMicroBatch:
-    mb = collate([[ex for u in row for ex in (u.chosen, u.rejected)] for row in rows], pad_id)
-    width = mb.input_ids.shape[1]
-    seq, order = [], []
-    for row in rows:
-        r = []
+@dataclass
+class _RowLayout:
+    """One row of pair units being laid out: tokens, positions, labels, attention segments, scored targets."""
+
+    ids: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    segments: list[int] = field(default_factory=list)  # a token attends earlier tokens of its own segment
+    parents: list[int] = field(default_factory=list)  # ... and of its parent segment (the shared prompt)
+
+    def add(self, ids: list[int], labels: list[int], positions: range, segment: int, parent: int) -> None:
+        self.ids += ids
+        self.labels += labels
+        self.positions += positions
+        self.segments += [segment] * len(ids)
+        self.parents += [parent] * len(ids)
+
+
+def _collate_pairs(rows: list[list[PairUnit]], pad_id: int, with_mask: bool) -> PairMicroBatch:
+    width = max(_row_len(r) for r in rows)
+    layouts, sources, targets, target_seqs, order = [], [], [], [], []
+    real = shared = 0
+    for b, row in enumerate(rows):
+        lay = _RowLayout()
         for u in row:
-            k = len(order)
+            k, start, s = len(order), b * width + len(lay.ids), u.shared
             order.append(u.index)
-            r += [2 * k] * len(u.chosen.input_ids) + [2 * k + 1] * len(u.rejected.input_ids)
-        seq.append(r + [-1] * (width - len(r)))
-    seq_ids = torch.tensor(seq)
-    tokens = torch.bincount(seq_ids[:, 1:][mb.labels[:, 1:] != -100], minlength=2 * len(order))
-    return PairMicroBatch(mb.input_ids, mb.labels, mb.position_ids, mb.real_tokens, mb.trained_tokens,
-                          seq_ids=seq_ids, pair_ids=order, sequence_tokens=tokens)
+            c, r = u.chosen, u.rejected
+            lay.add(c.input_ids[:s], [-100] * s, range(s), 3 * k, 3 * k)
+            lay.add(c.input_ids[s:], ([-100] + c.labels[1:])[s:], range(s, len(c.input_ids)), 3 * k + 1, 3 * k)
+            lay.add(r.input_ids[s:], ([-100] + r.labels[1:])[s:], range(s, len(r.input_ids)), 3 * k + 2, 3 * k)
+            rejected_at = [start + j if j < s else start + len(c.input_ids) + j - s for j in range(len(r.input_ids))]
+            for seq, ex, at in ((2 * k, c, range(start, start + len(c.input_ids))), (2 * k + 1, r, rejected_at)):
+                for j in range(1, len(ex.input_ids)):
+                    if ex.labels[j] != -100:
+                        sources.append(at[j - 1])
+                        targets.append(ex.labels[j])
+                        target_seqs.append(seq)
+            real += len(c.input_ids) + len(r.input_ids)
+            shared += s
+        pad = width - len(lay.ids)
+        lay.add([pad_id] * pad, [-100] * pad, range(pad), -1, -1)
+        layouts.append(lay)
+    seqs = torch.tensor(target_seqs, dtype=torch.long)
+    return PairMicroBatch(
+        torch.tensor([lay.ids for lay in layouts]), torch.tensor([lay.labels for lay in layouts]),
+        torch.tensor([lay.positions for lay in layouts]), real, len(targets),
+        sources=torch.tensor(sources, dtype=torch.long), targets=torch.tensor(targets, dtype=torch.long), target_seqs=seqs,
+        attention_mask=_segment_mask(layouts) if with_mask else None, pair_ids=order,
+        sequence_tokens=torch.bincount(seqs, minlength=2 * len(order)), shared_tokens=shared)
+
+
+def _segment_mask(layouts: list[_RowLayout]) -> torch.Tensor:
+    """(B, 1, T, T) causal within each segment, plus each segment's view of its parent (the shared prompt)."""
+    seg = torch.tensor([lay.segments for lay in layouts])
+    parent = torch.tensor([lay.parents for lay in layouts])
+    width = seg.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    visible = (seg[:, None, :] == seg[:, :, None]) | (seg[:, None, :] == parent[:, :, None])  # [b, query, key]
+    return (visible & causal)[:, None]
 
 
 def idle_pair_micro_batch(pad_id: int) -> PairMicroBatch:
     """`idle_micro_batch` for preference training: no pair, a zero loss that still reaches every parameter."""
     mb = idle_micro_batch(pad_id)
-    return PairMicroBatch(mb.input_ids, mb.labels, mb.position_ids, 0, 0, seq_ids=torch.tensor([[-1]]),
-                          pair_ids=[], sequence_tokens=torch.zeros(0, dtype=torch.long))
+    empty = torch.zeros(0, dtype=torch.long)
+    return PairMicroBatch(mb.input_ids, mb.labels, mb.position_ids, 0, 0, sources=empty, targets=empty,
+                          target_seqs=empty, pair_ids=[], sequence_tokens=empty)

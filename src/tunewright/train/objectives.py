@@ -66,7 +66,8 @@ class PreferenceObjective:
         budget = self.cfg.train.micro_batch_tokens
         longest = max(len(pairs[i].chosen.input_ids) + len(pairs[i].rejected.input_ids) for i in ids)
         row_len = max(min(self.cfg.data.max_seq_len, budget), longest)
-        mbs = pair_micro_batches(pairs, ids, self.pad_id, budget, self.cfg.data.packing, row_len)
+        mbs = pair_micro_batches(pairs, ids, self.pad_id, budget, self.cfg.data.packing, row_len,
+                                 share_prompt=self.cfg.preference.shared_prompt)
         if split in self.tables:
             for mb in mbs:
                 mb.reference = self.tables[split][mb.pair_ids]
@@ -85,8 +86,7 @@ class PreferenceObjective:
 
     def loss(self, module, mb: PairMicroBatch, device) -> tuple[torch.Tensor, torch.Tensor]:
         """The summed loss of the micro-batch's pairs, and their summed statistics (STAT_NAMES)."""
-        n = 2 * len(mb.pair_ids)
-        args = (mb.input_ids.to(device), mb.position_ids.to(device), mb.labels.to(device), mb.seq_ids.to(device), n)
+        args = mb.model_args(device)
         # the reference first: its no-grad pass then never runs while the policy's activations are held
         reference = self._reference(module, mb, args, device)
         policy = PairLogps.from_interleaved(module(*args), mb.sequence_tokens)
@@ -180,8 +180,7 @@ def _reference_logps(objective: PreferenceObjective, module, split: str) -> torc
     module.eval()
     with torch.no_grad():
         for mb in objective.batches(split, list(range(len(pairs)))):
-            n = 2 * len(mb.pair_ids)
-            logps = module(mb.input_ids.to(device), mb.position_ids.to(device), mb.labels.to(device), mb.seq_ids.to(device), n)
+            logps = module(*mb.model_args(device))
             out[mb.pair_ids] = logps.float().cpu().view(-1, 2)
     module.train(was_training)
     return out

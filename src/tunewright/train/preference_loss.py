@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .loss import IGNORE_INDEX, head_parts, token_losses
+from .loss import head_parts, token_losses
+from .packed_attention import PER_EXAMPLE
 
 AUTO_BETA = 0.1
 STAT_NAMES = ("loss", "reward_margin", "preference_accuracy", "logps_chosen", "logps_rejected")
@@ -35,9 +36,10 @@ STAT_NAMES = ("loss", "reward_margin", "preference_accuracy", "logps_chosen", "l
 class SequenceLogps(torch.nn.Module):
     """A causal LM whose forward returns, per sequence, the summed log-probability of its trained tokens.
 
-    `seq_ids` (B, T) says which sequence each token belongs to (-1 for padding); a label at position t
-    belongs to the sequence of token t. Only trained positions go through the LM head, a chunk of rows at a
-    time when the head is frozen (loss.token_losses).
+    Takes `PairMicroBatch.model_args()`: the hidden state at flat position `sources[i]` scores token
+    `targets[i]` of sequence `target_seqs[i]`. Only those positions go through the LM head, a chunk of
+    rows at a time when the head is frozen (loss.token_losses). A 4-D `attention_mask` (True = attend;
+    rows whose pairs share their prompt) is handed to the model in the form its attention takes.
     """
 
     def __init__(self, model):
@@ -45,18 +47,42 @@ class SequenceLogps(torch.nn.Module):
         self.model = model
         self._parts = head_parts(model)  # a plain tuple: the backbone is not registered twice
 
-    def forward(self, input_ids, position_ids, labels, seq_ids, n_seqs: int):
-        targets = labels[:, 1:]
-        keep = targets != IGNORE_INDEX
+    def forward(self, input_ids, position_ids, attention_mask, sources, targets, target_seqs, n_seqs: int):
+        inputs = {"input_ids": input_ids, "position_ids": position_ids, "use_cache": False}
+        if attention_mask is not None:
+            inputs["attention_mask"] = _mask_for(self.model.config, attention_mask)
         if self._parts is not None:
             backbone, head = self._parts
-            hidden = backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
-            token_logps = -token_losses(hidden[:, :-1][keep], head.weight, targets[keep], head.bias)
+            hidden = backbone(**inputs).last_hidden_state
+            token_logps = -token_losses(hidden.reshape(-1, hidden.shape[-1])[sources], head.weight, targets, head.bias)
         else:
-            logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[:, :-1][keep].float()
-            token_logps = -F.cross_entropy(logits, targets[keep], reduction="none")
+            logits = self.model(**inputs).logits
+            token_logps = -F.cross_entropy(logits.reshape(-1, logits.shape[-1])[sources].float(), targets, reduction="none")
         # out of place, so an empty micro-batch still returns a tensor connected to the graph
-        return torch.zeros(n_seqs, dtype=torch.float32, device=token_logps.device).index_add(0, seq_ids[:, 1:][keep], token_logps)
+        return torch.zeros(n_seqs, dtype=torch.float32, device=token_logps.device).index_add(0, target_seqs, token_logps)
+
+
+# attention implementations that take a dense 4-D mask: SDPA as a boolean, eager as an additive float; per-example
+# attention (train/packed_attention.py) hands any mask to SDPA. Flash and flex attention take none.
+MASKABLE_ATTENTION = ("sdpa", "eager", PER_EXAMPLE)
+
+
+def _mask_for(config, mask: torch.Tensor) -> torch.Tensor:
+    """A boolean (B, 1, T, T) mask as the model's attention takes it: eager adds it to its scores."""
+    if config._attn_implementation != "eager":
+        return mask
+    return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(~mask, torch.finfo(torch.float32).min)
+
+
+def shared_prompt_obstacle(config, longest_row: int) -> str | None:
+    """Why this model cannot take rows whose pairs share their prompt (a 4-D mask), or None when it can."""
+    impl = config._attn_implementation
+    if impl not in MASKABLE_ATTENTION:
+        return f"its {impl} attention takes no 4-D mask"
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True) and window < longest_row:
+        return f"its sliding window ({window} tokens) is shorter than a row ({longest_row}), and a given mask replaces it"
+    return None
 
 
 @dataclass

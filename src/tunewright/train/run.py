@@ -154,7 +154,7 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
     model = load_model(model_dir, trust_remote_code=decided.trust_remote_code,
                        **_quant_kwargs(decided, accelerator.local_process_index))
     resolved, notes = resolve_with_reasons(decided, DataShape.of(data.train, data.validation),
-                                           sum(p.numel() for p in model.parameters()), accelerator.device)
+                                           sum(p.numel() for p in model.parameters()), accelerator.device, model.config)
     notes.update(split_note)
     torch.set_num_threads(resolved.train.threads)  # once, here: `auto` counts the cores left idle after loading
     model = apply_method(model, resolved)
