@@ -45,7 +45,11 @@ def test_sweep_runs_two_tiny_trials_and_links_the_best(tiny_model_dir, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     record = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert [t["number"] for t in record["trials"]] == [0, 1]
-    assert record["trials"][0]["params"] == SearchSpace().first  # the known-good point goes first
+    first = record["trials"][0]  # `auto` goes first: what `tunewright train` would run, so the sweep never does worse
+    resolved_first = yaml.safe_load((tmp_path / "sweep" / "trial-000" / "config.yaml").read_text())
+    assert first["auto"] is True and first["params"]["learning_rate"] == resolved_first["train"]["learning_rate"]
+    assert first["params"]["batch_size"] == resolved_first["train"]["batch_size"] and first["params"]["lora_r"] == 16
+    assert "0 auto" in out.stderr
     complete = [t for t in record["trials"] if t["state"] == "complete"]
     assert complete and all(t["state"] in ("complete", "pruned") for t in record["trials"])
     best = min(complete, key=lambda t: t["value"])
@@ -147,3 +151,18 @@ def test_a_trial_is_scored_by_the_validation_loss_of_the_weights_it_kept(tmp_pat
 
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     assert kept_eval_loss(tmp_path, [(1.0, 1.0), (2.0, 1.5)]) == kept
+
+
+def test_the_auto_trial_is_told_to_tpe_when_it_lies_in_the_space_and_kept_out_when_not(tmp_path):
+    from tunewright.sweep.study import make_study, tell_known
+    from tunewright.sweep.trial import TrialOutcome
+
+    study = make_study(0, [])
+    done = TrialOutcome("complete", tmp_path, 60.0, evals=[(0.5, 1.2), (1.0, 0.9)], value=0.9)
+    tell_known(study, SearchSpace(), "lora", {"learning_rate": 5.9e-4, "batch_size": 8, "epochs": 3, "lora_r": 16}, done)
+    [told] = study.trials
+    assert told.value == 0.9 and told.params["learning_rate"] == 5.9e-4 and told.intermediate_values == {1: 1.2, 2: 0.9}
+    tell_known(study, SearchSpace(), "lora", {"learning_rate": 5.9e-4, "batch_size": 8, "epochs": 10, "lora_r": 16}, done)
+    tell_known(study, SearchSpace(), "lora", {"learning_rate": 5.9e-4, "batch_size": 8, "epochs": 3, "lora_r": 16},
+               TrialOutcome("pruned", tmp_path, 10.0))
+    assert len(study.trials) == 1, "10 epochs lies outside 1..4, and a trial that did not finish has no value"

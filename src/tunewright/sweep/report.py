@@ -41,10 +41,10 @@ def print_table(trials: list[dict], best_number: int | None, console: Console | 
         table.add_column(col, justify="left" if col == "state" else "right", no_wrap=True)
     for t in trials:
         p = t["params"]
-        mark = " *" if t["number"] == best_number else ""
+        mark = (" auto" if t.get("auto") else "") + (" *" if t["number"] == best_number else "")
         table.add_row(f"{t['number']}{mark}", f"[{STATE_STYLE.get(t['state'], 'white')}]{t['state']}[/]",
-                      _fmt(p.get("learning_rate"), ".2e"), str(p.get("lora_r", "-")), str(p["batch_size"]),
-                      str(p["epochs"]), _fmt(t["value"] if t["value"] is not None else t["last_eval_loss"], ".4f"),
+                      _fmt(p.get("learning_rate"), ".2e"), str(p.get("lora_r", "-")), str(p.get("batch_size", "-")),
+                      str(p.get("epochs", "-")), _fmt(t["value"] if t["value"] is not None else t["last_eval_loss"], ".4f"),
                       str(len(t["evals"])), f"{t['seconds'] / 60:.1f}")
     console.print(table)
 
@@ -64,7 +64,8 @@ def plot_trials(trials: list[dict], best_number: int | None, path: Path) -> Path
             continue
         epochs, losses = zip(*t["evals"])
         p = t["params"]
-        label = f"#{t['number']} {t['state']} lr {p['learning_rate']:.1e} bs {p['batch_size']}" + (f" r {p['lora_r']}" if "lora_r" in p else "")
+        label = (f"#{t['number']}{' auto' if t.get('auto') else ''} {t['state']} lr {p.get('learning_rate', 0):.1e} "
+                 f"bs {p.get('batch_size', '-')}" + (f" r {p['lora_r']}" if "lora_r" in p else ""))
         best = t["number"] == best_number
         ax.plot(epochs, losses, marker="o", linewidth=2.8 if best else 1.0, alpha=1.0 if best else 0.7,
                 linestyle="-" if t["state"] == "complete" else "--", label=label + (" (best)" if best else ""))

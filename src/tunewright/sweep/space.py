@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..config import RunConfig
 from ..errors import UserError
@@ -36,7 +36,6 @@ class SearchSpace:
     lora_r: tuple[int, ...] = (4, 8, 16, 32)  # alpha follows as 2 x r, the usual ratio
     batch_size: tuple[int, ...] = (4, 8, 16, 32)
     epochs: tuple[int, int] = (1, 4)  # the upper end shrinks to what the remaining budget affords
-    first: dict = field(default_factory=lambda: {"learning_rate": 2e-4, "lora_r": 16, "batch_size": 8, "epochs": 2})
 
     def as_dict(self) -> dict:
         return {"learning_rate": list(self.learning_rate), "lora_r": list(self.lora_r),

@@ -3,8 +3,12 @@
 Trials run one after another (training already uses every core), each within what is left of the
 budget. TPE (seeded) picks the next point; a median pruner stops a trial whose validation loss is
 worse than the median of earlier trials at the same point of training (half-epochs seen, so runs with
-different batch sizes compare). The first trial is a known-good point (`SearchSpace.first`), so a
-sweep never ends with nothing better than random guesses. The best complete trial wins.
+different batch sizes compare). The first trial is `auto` itself: the config as `tunewright train` would
+run it (learning rate from the range test, epochs, batch size and early stopping by the auto rules), so the
+sweep's best is never worse on validation loss than what the user gets without it; its resolved values
+then go to TPE as a known point. (Before, the first trial was a fixed point, lr 2e-4 / r 16 / batch 8 /
+2 epochs: on stdlib-modules a 30-minute sweep kept it, 0.772 held-out accuracy against `auto`'s 0.851.)
+The best complete trial wins.
 """
 from __future__ import annotations
 
@@ -13,10 +17,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from ..config import RunConfig, save_config
 from ..errors import UserError
 from .report import link_best, plot_trials, print_table, write_sweep_json
 from .space import (
+    ADAPTER_METHODS,
     EVALS_PER_EPOCH,
     SearchSpace,
     count_train_examples,
@@ -116,28 +123,92 @@ def prepare_output(cfg: RunConfig) -> tuple[Path, Path]:
     return out_dir, config_path
 
 
+def run_auto_trial(cfg: RunConfig, config_path: Path, out_dir: Path, n_train: int, deadline: float) -> tuple[dict, TrialOutcome]:
+    """Trial 0: the config with its `auto` values, as `tunewright train` runs it (never pruned); its resolved values."""
+    from ..train.hparams import (
+        auto_epochs,  # torch with it: the parent process needs it only here
+    )
+
+    run_dir = out_dir / "trial-000"
+    planned = float(cfg.train.epochs) if cfg.train.epochs != "auto" else auto_epochs(n_train)[0]
+    command = train_command(config_path, run_dir, [f"train.save_every={10**9}", "eval.after_train=false"])
+    outcome = run_trial(command, run_dir, lambda epoch, loss: False, deadline, planned)
+    return resolved_params(run_dir, cfg.method), outcome
+
+
+def resolved_params(run_dir: Path, method: str) -> dict:
+    """What a trial really trained with, from its config.yaml, in the search space's names (empty if it never wrote one)."""
+    try:
+        resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    t = resolved["train"]
+    epochs = t["epochs"] if t.get("max_steps") is None else None
+    params = {"learning_rate": float(t["learning_rate"]), "batch_size": int(t["batch_size"]),
+              "epochs": int(epochs) if epochs is not None and float(epochs).is_integer() else epochs}
+    if method in ADAPTER_METHODS:
+        params["lora_r"] = int(resolved["lora"]["r"])
+    return params
+
+
+def tell_known(study, space: SearchSpace, method: str, params: dict, outcome: TrialOutcome) -> None:
+    """Give TPE the auto trial as a finished point, when its values lie in the space (else it learns nothing from it)."""
+    import optuna
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    if outcome.state != "complete" or outcome.value is None or not params:
+        return
+    distributions = {"learning_rate": FloatDistribution(*space.learning_rate, log=True),
+                     "batch_size": CategoricalDistribution(list(space.batch_size)),
+                     "epochs": IntDistribution(*space.epochs)}
+    if method in ADAPTER_METHODS:
+        distributions["lora_r"] = CategoricalDistribution(list(space.lora_r))
+    points = {round(epoch * EVALS_PER_EPOCH): loss for epoch, loss in outcome.evals}
+    try:
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=outcome.value,
+                                                  intermediate_values=points))
+    except ValueError:  # outside the space (e.g. 10 epochs of a tiny set, rank 64): still a candidate for best
+        return
+
+
 def run_sweep(cfg: RunConfig, budget_s: float, max_trials: int | None = None, space: SearchSpace | None = None,
               source: str = "config", first: dict | list[dict] | None = None) -> SweepResult:
-    """Search hyperparameters within `budget_s` seconds; the best trial's run folder becomes `<output>/best`."""
+    """Search hyperparameters within `budget_s` seconds; the best trial's run folder becomes `<output>/best`.
+
+    `first`: fixed points to try before TPE's own; by default the first trial is the config's `auto`.
+    """
     space = space or SearchSpace()
     require_validation(cfg, source)
     n_train = count_train_examples(cfg)
     out_dir, config_path = prepare_output(cfg)
-    study = make_study(cfg.train.seed, first if first is not None else space.first)
+    study = make_study(cfg.train.seed, first if first is not None else [])
     clock, trials = Clock(budget_s), []
     record = {"budget_s": budget_s, "train_examples": n_train, "space": space.as_dict(), "trials": trials, "best": None}
+    if first is None and (max_trials is None or max_trials > 0):
+        params, outcome = run_auto_trial(cfg, config_path, out_dir, n_train, clock.deadline)
+        tell_known(study, space, cfg.method, params, outcome)
+        clock.record(outcome, n_train)
+        trials.append({**trial_record(0, params, outcome), "auto": True})
+        write_sweep_json(out_dir, record)
+        if outcome.state == "failed":
+            return finish(out_dir, record, trials)  # the config or the data is at fault: every trial would fail alike
     while (max_trials is None or len(trials) < max_trials) and clock.left() > 0:
         max_epochs = clock.affordable_epochs(n_train)
         if max_epochs < space.epochs[0]:
             break  # not even the shortest trial fits in what is left
         trial = study.ask()
         params = sample_params(trial, space, cfg.method, max_epochs)
-        run_dir = out_dir / f"trial-{trial.number:03d}"
+        number = len(trials)  # the auto trial is in the study as an added trial, or not at all
+        run_dir = out_dir / f"trial-{number:03d}"
         command = train_command(config_path, run_dir, trial_overrides(params, n_train))
         outcome = run_trial(command, run_dir, pruning_callback(trial, set()), clock.deadline, params["epochs"])
         tell(study, trial, outcome)
         clock.record(outcome, n_train)
-        trials.append(trial_record(trial.number, params, outcome))
+        trials.append(trial_record(number, params, outcome))
         write_sweep_json(out_dir, record)
         if outcome.state == "failed" and not any(t["state"] == "complete" for t in trials):
             break  # nothing has trained yet: the config or the data is at fault, and every trial would fail alike
