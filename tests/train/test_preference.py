@@ -169,18 +169,24 @@ def test_packed_loss_and_gradients_equal_two_separate_passes(tok_model, pairs, o
         torch.testing.assert_close(packed_grads[name], straight_grads[name], atol=1e-6, rtol=1e-4)
 
 
-def test_shared_prompt_rows_give_eager_attention_the_same_maths_as_sdpa(tok_model, pairs):
-    """Eager attention adds its mask to the scores: the boolean mask goes in as 0 / -inf, same log-probs."""
+@pytest.mark.parametrize("attention", ["eager", "per_example"])
+def test_shared_prompt_rows_give_other_attentions_the_same_maths_as_sdpa(tok_model, pairs, attention):
+    """Eager attention adds its mask to the scores (the boolean mask goes in as 0 / -inf); per-example attention
+    hands a given mask to SDPA. Same log-probs as SDPA and as separate passes."""
+    from tunewright.train.packed_attention import per_example_attention
+
     _, base = tok_model
     ref = [(0.0, 0.0)] * len(pairs)
     ids = list(range(len(pairs)))
     sdpa = _packed_losses(copy.deepcopy(base), pairs, ids, "orpo", "sigmoid", 0.1, 0.0, ref)
-    eager_model = copy.deepcopy(base)
-    eager_model.set_attn_implementation("eager")
-    eager = _packed_losses(eager_model, pairs, ids, "orpo", "sigmoid", 0.1, 0.0, ref)
-    straight = _straight_losses(eager_model, pairs, "orpo", "sigmoid", 0.1, 0.0, ref)
-    torch.testing.assert_close(eager[0], sdpa[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(eager[0], straight.sum(), atol=1e-5, rtol=1e-5)
+    model = copy.deepcopy(base)
+    if attention == "eager":
+        model.set_attn_implementation("eager")
+    with per_example_attention(model, enabled=attention == "per_example"):
+        other = _packed_losses(model, pairs, ids, "orpo", "sigmoid", 0.1, 0.0, ref)
+    straight = _straight_losses(model, pairs, "orpo", "sigmoid", 0.1, 0.0, ref)
+    torch.testing.assert_close(other[0], sdpa[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(other[0], straight.sum(), atol=1e-5, rtol=1e-5)
 
 
 def test_per_token_losses_in_chunks_equal_plain_cross_entropy():
