@@ -158,10 +158,14 @@ def test_the_auto_trial_is_told_to_tpe_when_it_lies_in_the_space_and_kept_out_wh
     from tunewright.sweep.trial import TrialOutcome
 
     study = make_study(0, [])
-    done = TrialOutcome("complete", tmp_path, 60.0, evals=[(0.5, 1.2), (1.0, 0.9)], value=0.9)
+    done = TrialOutcome("complete", tmp_path, 60.0, evals=[(0.68, 1.2), (1.36, 0.86), (2.04, 0.8)], value=0.8)
     tell_known(study, SearchSpace(), "lora", {"learning_rate": 5.9e-4, "batch_size": 8, "epochs": 3, "lora_r": 16}, done)
     [told] = study.trials
-    assert told.value == 0.9 and told.params["learning_rate"] == 5.9e-4 and told.intermediate_values == {1: 1.2, 2: 0.9}
+    assert told.value == 0.8 and told.params["learning_rate"] == 5.9e-4
+    # read at the half-epochs other trials report at, not rounded: nothing at 0.5 epochs (before its first evaluation)
+    assert told.intermediate_values.keys() == {2, 3, 4}
+    assert told.intermediate_values[2] == pytest.approx(1.2 - 0.34 * (1.0 - 0.68) / 0.68)
+    assert told.intermediate_values[4] == pytest.approx(0.8, abs=0.004)
     tell_known(study, SearchSpace(), "lora", {"learning_rate": 5.9e-4, "batch_size": 8, "epochs": 10, "lora_r": 16}, done)
     tell_known(study, SearchSpace(), "lora", {"learning_rate": 5.9e-4, "batch_size": 8, "epochs": 3, "lora_r": 16},
                TrialOutcome("pruned", tmp_path, 10.0))

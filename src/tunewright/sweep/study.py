@@ -151,6 +151,22 @@ def resolved_params(run_dir: Path, method: str) -> dict:
     return params
 
 
+def curve_at_half_epochs(evals: list[tuple[float, float]]) -> dict[int, float]:
+    """A validation curve read at the points other trials report (every 1/EVALS_PER_EPOCH epoch), by interpolation.
+
+    The auto trial evaluates on its own cadence (e.g. every 0.68 epochs): rounding its epochs to the nearest
+    point would set its 0.68-epoch loss against other trials' 0.5-epoch ones, and the pruner then stopped every
+    trial at its first evaluation (a 30-minute sweep, 2026-12-01). Points before its first evaluation get nothing.
+    """
+    import numpy as np
+
+    if not evals:
+        return {}
+    epochs, losses = zip(*sorted(evals))
+    first, last = math.ceil(epochs[0] * EVALS_PER_EPOCH - 1e-9), math.floor(epochs[-1] * EVALS_PER_EPOCH + 1e-9)
+    return {k: float(np.interp(k / EVALS_PER_EPOCH, epochs, losses)) for k in range(max(first, 1), last + 1)}
+
+
 def tell_known(study, space: SearchSpace, method: str, params: dict, outcome: TrialOutcome) -> None:
     """Give TPE the auto trial as a finished point, when its values lie in the space (else it learns nothing from it)."""
     import optuna
@@ -167,7 +183,7 @@ def tell_known(study, space: SearchSpace, method: str, params: dict, outcome: Tr
                      "epochs": IntDistribution(*space.epochs)}
     if method in ADAPTER_METHODS:
         distributions["lora_r"] = CategoricalDistribution(list(space.lora_r))
-    points = {round(epoch * EVALS_PER_EPOCH): loss for epoch, loss in outcome.evals}
+    points = curve_at_half_epochs(outcome.evals)
     try:
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=outcome.value,
                                                   intermediate_values=points))
