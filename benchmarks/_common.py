@@ -26,6 +26,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--validation", default=None, help="validation file; its token-weighted loss is reported after training")
     p.add_argument("--steps", type=int, default=20, help="optimizer steps")
     p.add_argument("--micro-batch", type=int, default=8, help="examples (or packed rows) per step")
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="split each step's --micro-batch examples into this many accumulated forward passes")
     p.add_argument("--max-len", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--threads", type=int, default=None)
@@ -152,13 +154,16 @@ def attention_length_stats(examples) -> dict:
 
 
 def write_result(path: str, tool: str, timer, counter: BatchCounter, val_loss: float | None, extra: dict,
-                 peak: int | None = None) -> dict:
+                 peak: int | None = None, grad_accum: int = 1) -> dict:
     """The result JSON every runner writes; step 1 (allocator and thread warm-up) is reported apart.
 
     `peak`: the memory peak taken right after training, so the validation pass does not count.
+    `grad_accum`: collated batches per optimizer step (their counts are summed per step).
     """
     steps = len(timer.seconds)
-    batches = counter.batches[:steps]  # the dataloader may have built one batch ahead
+    built = counter.batches[:steps * grad_accum]  # the dataloader may have built batches ahead
+    batches = [{k: sum(b[k] for b in built[i:i + grad_accum]) for k in ("real", "padded", "trained")}
+               for i in range(0, len(built), grad_accum)]
     real = [b["real"] for b in batches]
     padded = [b["padded"] for b in batches]
     timed = slice(1, None) if steps > 1 else slice(0, None)
@@ -212,6 +217,13 @@ def quiet() -> None:
     transformers.logging.set_verbosity_error()
 
 
+def per_device_batch(args) -> int:
+    """Examples per forward pass: the step's examples split into `--grad-accum` passes (same examples per step)."""
+    if args.grad_accum < 1 or args.micro_batch % args.grad_accum:
+        raise SystemExit(f"--grad-accum {args.grad_accum} must divide --micro-batch {args.micro_batch}")
+    return args.micro_batch // args.grad_accum
+
+
 def shared_training_args(args, output_dir: str) -> dict:
     """The TrainingArguments every baseline shares, matching tunewright's loop (fp32, cosine, 3% warm-up)."""
     import math
@@ -220,8 +232,8 @@ def shared_training_args(args, output_dir: str) -> dict:
 
     return {
         "output_dir": output_dir,
-        "per_device_train_batch_size": args.micro_batch,
-        "gradient_accumulation_steps": 1,
+        "per_device_train_batch_size": per_device_batch(args),
+        "gradient_accumulation_steps": args.grad_accum,
         "max_steps": args.steps,
         "learning_rate": args.lr,
         "lr_scheduler_type": "cosine",

@@ -60,10 +60,11 @@ def main(argv: list[str] | None = None) -> dict:
     peak = _common.peak_memory_bytes()
     extra = {"precision": args.precision, "base_dtype": args.base_dtype, "attn": model.config._attn_implementation,
              "liger": args.liger, "packing": args.padding_free, "micro_batch": args.micro_batch, "max_len": args.max_len,
-             "lengths": _common.attention_length_stats(train)}
-    _common.write_result(args.out, "trainer_peft", timer, collator, None, extra, peak)  # the timing survives a killed evaluation
-    val_loss = _common.token_weighted_loss(model, validation, args.micro_batch, tokenizer.pad_token_id)
-    return _common.write_result(args.out, "trainer_peft", timer, collator, val_loss, extra, peak)
+             "grad_accum": args.grad_accum, "lengths": _common.attention_length_stats(train)}
+    ga = args.grad_accum
+    _common.write_result(args.out, "trainer_peft", timer, collator, None, extra, peak, ga)  # the timing survives a killed evaluation
+    val_loss = _common.token_weighted_loss(model, validation, _common.per_device_batch(args), tokenizer.pad_token_id)
+    return _common.write_result(args.out, "trainer_peft", timer, collator, val_loss, extra, peak, ga)
 
 
 if __name__ == "__main__":

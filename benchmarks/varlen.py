@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=int, default=7200, help="seconds per run")
     p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
                    help="extra tunewright config (repeatable), e.g. --set train.attention=per_example")
+    p.add_argument("--trainer-grad-accum", type=int, default=1,
+                   help="Trainer's batch in this many accumulated passes (same examples per step; for shapes whose "
+                        "batch does not fit in memory at once, e.g. a 151k vocabulary x 8 x 1024)")
     p.add_argument("--out", default="benchmarks/out/varlen")
     return p
 
@@ -91,7 +94,8 @@ def trainer_command(model: str, data: Path, validation: Path, out_json: Path, pr
                     extra=()) -> list[str]:
     return [sys.executable, str(BENCH_DIR / "trainer_peft.py"), "--model", model, "--data", str(data),
             "--validation", str(validation), "--steps", str(steps), "--micro-batch", str(args.batch),
-            "--max-len", str(args.max_len), "--lr", str(args.lr), "--precision", precision, "--out", str(out_json), *extra]
+            "--max-len", str(args.max_len), "--lr", str(args.lr), "--precision", precision, "--out", str(out_json),
+            "--grad-accum", str(args.trainer_grad_accum), *extra]
 
 
 def _run(cmd: list[str], log: Path, timeout: int) -> tuple[float, str]:
@@ -190,6 +194,12 @@ def add_peaks_and_mfu(results: dict[str, dict], model: str, lengths: list[int], 
     return peaks
 
 
+def _failure_reason(message: str) -> str:
+    """One table cell: 'killed (out of memory?)' for SIGKILL, else the exit code."""
+    first = message.split(" (log")[0]
+    return f"{first}: killed, most likely out of memory" if " exited -9" in first else first
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.small_rows = args.small_rows or max(1, args.rows // 4)
@@ -212,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         for tool in tools:
             print(f"varlen: {tool} {precision} (load {load_average()})", file=sys.stderr)
             measure = measure_tunewright if tool == "tunewright" else measure_trainer
-            results[f"{tool}_{precision}"] = measure(model, files, precision, args, out)
+            try:
+                results[f"{tool}_{precision}"] = measure(model, files, precision, args, out)
+            except RuntimeError as failed:  # e.g. killed for memory: the table says so, the other runs still count
+                print(f"varlen: {tool} {precision} failed: {failed}", file=sys.stderr)
+                results[f"{tool}_{precision}"] = {"ok": False, "reason": _failure_reason(str(failed)), "precision": precision}
     peaks = add_peaks_and_mfu(results, model, lengths, args)
     from varlen_report import render, summarize
 
