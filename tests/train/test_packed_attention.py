@@ -164,7 +164,7 @@ def test_dpo_pair_rows_give_the_same_log_probs_and_gradients(models, monkeypatch
     def run(per_example: bool):
         model.zero_grad(set_to_none=True)
         with per_example_attention(model, per_example):
-            out = logps(mb.input_ids, mb.position_ids, mb.labels, mb.seq_ids, 6)
+            out = logps(*mb.model_args())
         (out[0::2] - out[1::2]).sigmoid().log().sum().backward()  # a DPO-shaped use of both answers
         return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
