@@ -235,13 +235,18 @@ def attention_choice() -> Choice:
     return "mask", "mask: transformers' dense mask per packed row; per_example awaits a quiet measurement (docs/performance.md)"
 
 
+def _shared_prompt_obstacle(cfg: RunConfig, model_config) -> str | None:
+    """The model's reason it cannot take shared-prompt rows; a row holds a pair, at most two max_seq_len sequences."""
+    return shared_prompt_obstacle(model_config, 2 * cfg.data.max_seq_len)
+
+
 def shared_prompt_choice(cfg: RunConfig, model_config) -> Choice:
     """`preference.shared_prompt: auto`: on for preference pairs wherever the model can take the rows' mask."""
     if cfg.objective == "sft":
         return False, "false: sft trains on no pairs"
     if model_config is None:
         return True, "true: each pair's prompt goes through the model once (checked against the model when it loads)"
-    obstacle = shared_prompt_obstacle(model_config, 2 * cfg.data.max_seq_len)
+    obstacle = _shared_prompt_obstacle(cfg, model_config)
     if obstacle is not None:
         return False, f"false: {obstacle}"
     return True, "true: each pair's prompt goes through the model once, for both answers"
@@ -250,7 +255,7 @@ def shared_prompt_choice(cfg: RunConfig, model_config) -> Choice:
 def check_shared_prompt(cfg: RunConfig, model_config) -> None:
     """`preference.shared_prompt: true` on a model that cannot take it fails before training, with the way out."""
     if cfg.preference.shared_prompt is True and cfg.objective != "sft" and model_config is not None:
-        obstacle = shared_prompt_obstacle(model_config, 2 * cfg.data.max_seq_len)
+        obstacle = _shared_prompt_obstacle(cfg, model_config)
         if obstacle is not None:
             raise UserError(f"preference.shared_prompt=true, but this model cannot take it: {obstacle}",
                             "set preference.shared_prompt=false (or auto, which turns it off where it cannot work)")
