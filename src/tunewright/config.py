@@ -41,6 +41,9 @@ class DataConfig(_Section):
     on_bad_rows: Literal["fail", "skip"] = "fail"
     allow_any_role_order: bool = False  # keep chats with roles out of order when the model's template renders them
     train_on: Literal["assistant", "all"] = "assistant"
+    # the loss weight of untrained (prompt) tokens relative to answer tokens, as OpenAI's legacy fine-tuning
+    # API had it; a step still divides by its answer tokens, and validation loss counts answer tokens only
+    prompt_loss_weight: float = Field(0.0, ge=0.0, le=1.0)
     # chat template variables, fixed for training and inference alike (Qwen3: enable_thinking); auto decides
     # from the data (thinking only when some answer has reasoning) and config.yaml records the values
     chat_template_kwargs: dict[str, Any] | Auto = "auto"

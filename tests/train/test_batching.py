@@ -149,3 +149,37 @@ def test_idle_micro_batch_reaches_every_parameter_with_zero_gradient(tok_model, 
     for name, p in model.named_parameters():
         assert p.grad is not None, f"{name} got no gradient: DDP would wait for it"
         assert not p.grad.any(), name
+
+
+def test_prompt_weight_makes_prompt_tokens_targets_at_that_weight(tok_model):
+    tok, _ = tok_model
+    exs = _examples(tok, 3)
+    plain, weighted = collate([exs], tok.pad_token_id), collate([exs], tok.pad_token_id, prompt_weight=0.25)
+    assert plain.weights is None
+    answer = plain.labels != -100
+    # answer tokens keep weight 1, the same targets, and are still what a step divides by
+    assert weighted.trained_tokens == plain.trained_tokens == int(answer.sum())
+    assert torch.equal(weighted.labels[answer], plain.labels[answer])
+    assert torch.all(weighted.weights[answer] == 1.0)
+    prompt = (weighted.labels != -100) & ~answer
+    assert torch.equal(weighted.labels[prompt], weighted.input_ids[prompt])
+    assert torch.all(weighted.weights[prompt] == 0.25)
+    # each example's first token is never a target of the example before it in the row
+    starts = [0, len(exs[0].input_ids), len(exs[0].input_ids) + len(exs[1].input_ids)]
+    assert all(weighted.labels[0, s] == -100 and weighted.weights[0, s] == 0 for s in starts)
+    assert int(prompt.sum()) == sum(len(e.input_ids) for e in exs) - 3 - plain.trained_tokens
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_prompt_weighted_loss_is_answer_loss_plus_weight_times_prompt_loss(tok_model, chunked):
+    tok, model = tok_model
+    exs = _examples(tok, 4)
+    plain, weighted = collate([exs], tok.pad_token_id), collate([exs], tok.pad_token_id, prompt_weight=0.1)
+    everything = collate([exs], tok.pad_token_id, prompt_weight=1.0)
+    loss = TokenLoss(model, chunked=chunked)
+    with torch.no_grad():
+        answer = loss(plain.input_ids, plain.position_ids, plain.labels)
+        total = loss(everything.input_ids, everything.position_ids, everything.labels, weights=everything.weights)
+        mixed = loss(weighted.input_ids, weighted.position_ids, weighted.labels, weights=weighted.weights)
+    assert total.item() > answer.item() > 0
+    assert mixed.item() == pytest.approx(answer.item() + 0.1 * (total.item() - answer.item()), rel=1e-5)

@@ -144,3 +144,16 @@ def test_rejects_bad_shapes_and_chunk_size():
         token_loss_sum(hidden, weight, targets, chunk_size=0)
     with pytest.raises(ValueError):
         token_loss_sum(hidden, weight, targets[:3])
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_row_weights_scale_each_rows_loss_and_gradient(bias):
+    hidden, weight, b, targets = _inputs(40, 16, 60, seed=3, bias=bias)
+    targets[5] = -100
+    w = torch.rand(40, generator=torch.Generator().manual_seed(4))
+    keep = targets != -100
+    ref = (F.cross_entropy(F.linear(hidden, weight, b).float()[keep], targets[keep], reduction="none") * w[keep]).sum()
+    out = token_loss_sum(hidden, weight, targets, bias=b, chunk_size=7, row_weights=w)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+    for got, want in zip(_grads(out, (hidden, weight, b)), _grads(ref, (hidden, weight, b))):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

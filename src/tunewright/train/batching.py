@@ -21,7 +21,10 @@ class MicroBatch:
     labels: torch.Tensor  # (B, T), -100 on untrained and pad positions
     position_ids: torch.Tensor  # (B, T), restarting at 0 for each example and for the pad tail
     real_tokens: int  # non-pad tokens
-    trained_tokens: int  # tokens whose loss counts (labels shifted by one)
+    trained_tokens: int  # answer tokens whose loss counts (labels shifted by one): what a step divides by
+    # (B, T) fp32 loss weight per label when prompt tokens are trained too (data.prompt_loss_weight > 0):
+    # 1 on answer tokens, the prompt weight on the others, 0 on first tokens and padding; None: labels decide
+    weights: torch.Tensor | None = None
 
     @property
     def padded_tokens(self) -> int:
@@ -110,17 +113,22 @@ def _row_len(row: list[TokenizedExample]) -> int:
     return sum(len(e.input_ids) for e in row)
 
 
-def collate(rows: list[list[TokenizedExample]], pad_id: int) -> MicroBatch:
-    """Right-pad rows to the longest; the pad tail gets its own position block and no labels."""
+def collate(rows: list[list[TokenizedExample]], pad_id: int, prompt_weight: float = 0.0) -> MicroBatch:
+    """Right-pad rows to the longest; the pad tail gets its own position block and no labels.
+
+    With `prompt_weight` > 0 the untrained tokens become targets too, at that weight (OpenAI's legacy
+    `prompt_loss_weight`): with one-word answers the prompt's tokens are most of the signal in the data.
+    """
     width = max(_row_len(r) for r in rows)
-    ids, labels, pos = [], [], []
+    ids, labels, pos, weights = [], [], [], []
     real = trained = 0
     for row in rows:
-        r_ids, r_lab, r_pos = [], [], []
+        r_ids, r_lab, r_pos, r_w = [], [], [], []
         for ex in row:
             r_ids += ex.input_ids
             # the first token of each example is never a target of the previous one
-            r_lab += [-100] + ex.labels[1:]
+            r_lab += [-100] + _targets(ex, prompt_weight > 0)[1:]
+            r_w += [0.0] + [1.0 if x != -100 else prompt_weight for x in ex.labels[1:]]
             r_pos += list(range(len(ex.input_ids)))
             trained += sum(1 for x in ex.labels[1:] if x != -100)
         real += len(r_ids)
@@ -128,13 +136,21 @@ def collate(rows: list[list[TokenizedExample]], pad_id: int) -> MicroBatch:
         ids.append(r_ids + [pad_id] * pad)
         labels.append(r_lab + [-100] * pad)
         pos.append(r_pos + list(range(pad)))
-    return MicroBatch(torch.tensor(ids), torch.tensor(labels), torch.tensor(pos), real, trained)
+        weights.append(r_w + [0.0] * pad)
+    w = torch.tensor(weights, dtype=torch.float32) if prompt_weight > 0 else None
+    return MicroBatch(torch.tensor(ids), torch.tensor(labels), torch.tensor(pos), real, trained, w)
 
 
-def micro_batches(examples: list[TokenizedExample], pad_id: int, token_budget: int, packing: bool, row_len: int) -> list[MicroBatch]:
+def _targets(ex: TokenizedExample, with_prompt: bool) -> list[int]:
+    """The example's labels; with the prompt, every token is a target (its weight says how much it counts)."""
+    return list(ex.input_ids) if with_prompt else ex.labels
+
+
+def micro_batches(examples: list[TokenizedExample], pad_id: int, token_budget: int, packing: bool, row_len: int,
+                  prompt_weight: float = 0.0) -> list[MicroBatch]:
     """All micro-batches of one optimizer step (or one evaluation pass)."""
     rows = pack_rows(examples, row_len) if packing else [[e] for e in examples]
-    return [collate(g, pad_id) for g in group_rows(rows, max(token_budget, row_len))]
+    return [collate(g, pad_id, prompt_weight) for g in group_rows(rows, max(token_budget, row_len))]
 
 
 @dataclass

@@ -60,17 +60,22 @@ class TokenLoss(torch.nn.Module):
         # a plain tuple, so the backbone is not registered (and its parameters listed) twice
         self._parts = parts or (None, None)
 
-    def forward(self, input_ids, position_ids, labels, seq_ids=None, n_seqs: int = 0):
-        """The summed loss; with `seq_ids` (B, T) (no gradient), the (n_seqs,) sums per sequence instead."""
+    def forward(self, input_ids, position_ids, labels, seq_ids=None, n_seqs: int = 0, weights=None):
+        """The summed loss; with `seq_ids` (B, T) (no gradient), the (n_seqs,) sums per sequence instead.
+
+        `weights` (B, T), when given, scales each label's loss (MicroBatch.weights).
+        """
         if seq_ids is not None:
             return self._per_sequence(input_ids, position_ids, labels, seq_ids, n_seqs)
         if self.fast:
             backbone, head = self._parts
             hidden = backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
             h, targets = select_trained_positions(hidden, labels)
-            return token_loss_sum(h, head.weight, targets, head.bias)
+            row_weights = None if weights is None else weights[:, 1:][labels[:, 1:] != -100]
+            return token_loss_sum(h, head.weight, targets, head.bias, row_weights=row_weights)
         logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), reduction="sum", ignore_index=-100)
+        losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), reduction="none", ignore_index=-100)
+        return losses.sum() if weights is None else (losses * weights[:, 1:].flatten()).sum()
 
     def _per_sequence(self, input_ids, position_ids, labels, seq_ids, n_seqs: int) -> torch.Tensor:
         keep = labels[:, 1:] != -100
@@ -83,6 +88,12 @@ class TokenLoss(torch.nn.Module):
             logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[:, :-1][keep].float()
             losses = F.cross_entropy(logits, labels[:, 1:][keep], reduction="none")
         return torch.zeros(n_seqs, dtype=torch.float32, device=losses.device).index_add(0, seq_ids[:, 1:][keep], losses)
+
+
+def micro_batch_loss(module, mb: MicroBatch, device) -> torch.Tensor:
+    """A TokenLoss module's summed (weighted) loss of one training micro-batch: the loop's and the range test's."""
+    weights = None if mb.weights is None else mb.weights.to(device)
+    return module(mb.input_ids.to(device), mb.position_ids.to(device), mb.labels.to(device), weights=weights)
 
 
 def make_scheduler(optimizer, name: str, warmup: int, total: int):
@@ -100,7 +111,7 @@ def _batches(examples: list[TokenizedExample], cfg: ResolvedRunConfig, pad_id: i
     budget = cfg.train.micro_batch_tokens
     # rows as long as the budget allows (short rows keep attention cheap), never shorter than an example
     row_len = max(min(cfg.data.max_seq_len, budget), max((len(e.input_ids) for e in examples), default=1))
-    return micro_batches(examples, pad_id, budget, cfg.data.packing, row_len)
+    return micro_batches(examples, pad_id, budget, cfg.data.packing, row_len, cfg.data.prompt_loss_weight)
 
 
 def evaluate_loss(loss_module, batches: list[ScoredBatch], device) -> float:
@@ -136,7 +147,7 @@ class TokenObjective:
         return mb.trained_tokens
 
     def loss(self, module, mb: MicroBatch, device) -> tuple[torch.Tensor, None]:
-        return module(mb.input_ids.to(device), mb.position_ids.to(device), mb.labels.to(device)), None
+        return micro_batch_loss(module, mb, device), None
 
     def evaluate(self, module, batches: list[ScoredBatch], device) -> dict:
         return {"eval_loss": evaluate_loss(module, batches, device)}

@@ -56,8 +56,8 @@ def _chunk_logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> t
     return logits
 
 
-def _ce_chunks(hidden, weight, bias, targets, chunk_size, want_grads):
-    """Sum of CE over all rows, and (when asked) the gradients for hidden, weight and bias.
+def _ce_chunks(hidden, weight, bias, targets, chunk_size, want_grads, row_weights=None):
+    """Sum of CE over all rows (each times its `row_weights` entry, when given), and (when asked) the gradients.
 
     Softmax, logsumexp and every gradient are accumulated in fp32; the logits and hidden-gradient
     matmuls run in the matmul dtype, as autocast runs F.linear; the weight gradient (only for a
@@ -76,18 +76,19 @@ def _ce_chunks(hidden, weight, bias, targets, chunk_size, want_grads):
         h = hidden[start:end].to(dtype)  # (n, H)
         t = targets[start:end]
         valid = t != IGNORE_INDEX
+        scale = valid if row_weights is None else valid * row_weights[start:end]
         t_safe = torch.where(valid, t, torch.zeros_like(t)).unsqueeze(1)  # (n, 1)
         logits = _chunk_logits(h, w, bias)  # (n, V) fp32: the only vocabulary-sized block alive
         lse = torch.logsumexp(logits, dim=1)  # (n,)
         target_logit = logits.gather(1, t_safe).squeeze(1)
-        total += ((lse - target_logit) * valid).sum()
+        total += ((lse - target_logit) * scale).sum()
         if not (want_h or want_w or want_b):
             continue
         # d(sum CE)/d(logits) = softmax - one_hot(target), zero for ignored rows; built in place
         probs = logits.sub_(lse.unsqueeze(1)).exp_()
         probs.scatter_add_(1, t_safe, torch.full_like(target_logit, -1.0).unsqueeze(1))
-        if not bool(valid.all()):
-            probs.mul_(valid.unsqueeze(1))
+        if row_weights is not None or not bool(valid.all()):
+            probs.mul_(scale.unsqueeze(1))
         if want_b:
             grad_b += probs.sum(0)
         g = probs.to(dtype)
@@ -100,9 +101,9 @@ def _ce_chunks(hidden, weight, bias, targets, chunk_size, want_grads):
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_size):
+    def forward(ctx, hidden, weight, bias, targets, chunk_size, row_weights):
         want = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
-        total, grad_h, grad_w, grad_b = _ce_chunks(hidden, weight, bias, targets, chunk_size, want)
+        total, grad_h, grad_w, grad_b = _ce_chunks(hidden, weight, bias, targets, chunk_size, want, row_weights)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
         return total
@@ -115,14 +116,15 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         gh = (grad_h * scale).to(h_dtype) if grad_h is not None else None
         gw = (grad_w * scale).to(w_dtype) if grad_w is not None else None
         gb = (grad_b * scale).to(b_dtype) if grad_b is not None else None
-        return gh, gw, gb, None, None
+        return gh, gw, gb, None, None, None
 
 
 def token_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None = None,
-                   chunk_size: int = 1024) -> torch.Tensor:
+                   chunk_size: int = 1024, row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Sum of cross-entropy of `hidden @ weight.T (+ bias)` against `targets`, as an fp32 scalar.
 
-    hidden (N, H), weight (V, H), targets (N,) with -100 rows ignored. Equal to
+    hidden (N, H), weight (V, H), targets (N,) with -100 rows ignored; `row_weights` (N,) fp32 scales each
+    row's loss (prompt tokens trained at a fraction of an answer token's weight). Equal to
     `F.cross_entropy(F.linear(hidden, weight, bias).float(), targets, reduction="sum")` while only
     `chunk_size` rows of logits exist at a time. N == 0 gives a zero that is still connected to
     the graph, so `backward()` works on a micro-batch with nothing to train.
@@ -135,8 +137,8 @@ def token_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
         t is not None and t.requires_grad for t in (hidden, weight, bias))
     if not needs_grad:
         with torch.no_grad():
-            return _ce_chunks(hidden, weight, bias, targets, chunk_size, (False, False, False))[0]
-    return _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_size)
+            return _ce_chunks(hidden, weight, bias, targets, chunk_size, (False, False, False), row_weights)[0]
+    return _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_size, row_weights)
 
 
 def _row_ce_chunks(hidden, weight, bias, targets, chunk_size, want_h):

@@ -185,14 +185,14 @@ def range_test_applies(cfg: RunConfig, processes: int) -> bool:
 
 def measure_learning_rate(model, examples: list, cfg: RunConfig, accelerator, pad_id: int, run_dir: Path) -> tuple[RunConfig, str] | None:
     """The run's config with the range test's learning rate, and its reason; None when it cannot decide."""
-    from .loop import TokenLoss, _batches
+    from .loop import TokenLoss, _batches, micro_batch_loss
 
     module = TokenLoss(model, chunked=cfg.train.chunked_loss).to(accelerator.device)
     params = [p for p in model.parameters() if p.requires_grad]
     device = accelerator.device
 
     def loss_of(mb):
-        return module(mb.input_ids.to(device), mb.position_ids.to(device), mb.labels.to(device))
+        return micro_batch_loss(module, mb, device)
 
     was_training = model.training
     model.train()
