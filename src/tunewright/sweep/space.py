@@ -42,16 +42,39 @@ class SearchSpace:
                 "batch_size": list(self.batch_size), "epochs": list(self.epochs)}
 
 
+def distributions(space: SearchSpace, method: str, max_epochs: int | None = None) -> dict:
+    """The space as Optuna distributions (LoRA rank only for adapter methods), epochs capped at `max_epochs`.
+
+    One definition for what TPE draws (`sample_params`) and for the points it is told (`study.tell_known`).
+    """
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    top = space.epochs[1] if max_epochs is None else max(space.epochs[0], min(space.epochs[1], max_epochs))
+    dists = {"learning_rate": FloatDistribution(*space.learning_rate, log=True),
+             "batch_size": CategoricalDistribution(list(space.batch_size)),
+             "epochs": IntDistribution(space.epochs[0], top)}
+    if method in ADAPTER_METHODS:
+        dists["lora_r"] = CategoricalDistribution(list(space.lora_r))
+    return dists
+
+
 def sample_params(trial, space: SearchSpace, method: str, max_epochs: int) -> dict:
     """One trial's hyperparameters, drawn by Optuna (an enqueued trial gets its fixed values back)."""
-    params = {
-        "learning_rate": trial.suggest_float("learning_rate", *space.learning_rate, log=True),
-        "batch_size": trial.suggest_categorical("batch_size", list(space.batch_size)),
-        "epochs": trial.suggest_int("epochs", space.epochs[0], max(space.epochs[0], min(space.epochs[1], max_epochs))),
-    }
-    if method in ADAPTER_METHODS:
-        params["lora_r"] = trial.suggest_categorical("lora_r", list(space.lora_r))
-    return params
+    return {name: _suggest(trial, name, dist) for name, dist in distributions(space, method, max_epochs).items()}
+
+
+def _suggest(trial, name: str, dist):
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high)
+    return trial.suggest_categorical(name, list(dist.choices))
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:

@@ -27,6 +27,7 @@ from .space import (
     EVALS_PER_EPOCH,
     SearchSpace,
     count_train_examples,
+    distributions,
     require_validation,
     sample_params,
     trial_overrides,
@@ -170,22 +171,13 @@ def curve_at_half_epochs(evals: list[tuple[float, float]]) -> dict[int, float]:
 def tell_known(study, space: SearchSpace, method: str, params: dict, outcome: TrialOutcome) -> None:
     """Give TPE the auto trial as a finished point, when its values lie in the space (else it learns nothing from it)."""
     import optuna
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
 
     if outcome.state != "complete" or outcome.value is None or not params:
         return
-    distributions = {"learning_rate": FloatDistribution(*space.learning_rate, log=True),
-                     "batch_size": CategoricalDistribution(list(space.batch_size)),
-                     "epochs": IntDistribution(*space.epochs)}
-    if method in ADAPTER_METHODS:
-        distributions["lora_r"] = CategoricalDistribution(list(space.lora_r))
+    dists = distributions(space, method)
     points = curve_at_half_epochs(outcome.evals)
     try:
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=outcome.value,
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=outcome.value,
                                                   intermediate_values=points))
     except ValueError:  # outside the space (e.g. 10 epochs of a tiny set, rank 64): still a candidate for best
         return
