@@ -126,6 +126,9 @@ def test_a_trial_whose_pace_overruns_the_budget_is_stopped_once_its_pace_is_know
     assert "min after the budget" in slow.message and slow.epochs_done == 0.05
     fits = Watch(lambda epoch, loss: False, deadline=700.0, planned_epochs=0.5)  # ~4 min: fits
     assert _watch_rows(monkeypatch, fits, rows) == [None, None, None]
+    patient = Watch(lambda epoch, loss: False, deadline=700.0, planned_epochs=4, trust_after_s=90.0)  # a 30m budget's 5%
+    assert _watch_rows(monkeypatch, patient, rows) == [None, None, None]
+    assert patient.pace.stepping() == (20.0, pytest.approx(0.04))
     finished = Watch(lambda epoch, loss: True, deadline=700.0, planned_epochs=4)  # exited already: only record
     assert _watch_rows(monkeypatch, finished, rows + [(130.0, {"step": 4, "epoch": 0.07, "eval_loss": 2.0})], judge=False) == [None] * 4
     assert finished.evals == [(0.07, 2.0)]
@@ -170,3 +173,19 @@ def test_the_auto_trial_is_told_to_tpe_when_it_lies_in_the_space_and_kept_out_wh
     tell_known(study, SearchSpace(), "lora", {"learning_rate": 5.9e-4, "batch_size": 8, "epochs": 3, "lora_r": 16},
                TrialOutcome("pruned", tmp_path, 10.0))
     assert len(study.trials) == 1, "10 epochs lies outside 1..4, and a trial that did not finish has no value"
+
+
+def test_the_budget_charges_start_up_once_per_trial_not_to_a_stopped_trials_few_steps(monkeypatch, tmp_path):
+    from tunewright.sweep import study as study_module
+    from tunewright.sweep.trial import TrialOutcome
+
+    monkeypatch.setattr(study_module.time, "monotonic", lambda: 1000.0)
+    clock = study_module.Clock(1800)
+    assert clock.trust_pace_after() == 90.0 and study_module.Clock(60).trust_pace_after() == 15.0
+    assert clock.affordable_epochs() == 10**6  # nothing seen yet
+    # a trial stopped after 60 s: 45 s of loading, then 15 s of steps that covered 0.1 epoch (150 s an epoch)
+    clock.record(TrialOutcome("budget", tmp_path, 60.0, epochs_done=0.1, startup_s=45.0, stepping=(15.0, 0.1)))
+    monkeypatch.setattr(study_module.time, "monotonic", lambda: 1060.0)
+    assert clock.affordable_epochs() == 11  # (1740 s left - 45 s start-up) / 150 s; 60 s / 0.1 epoch would say 2
+    clock.record(TrialOutcome("failed", tmp_path, 5.0))  # died before a step: nothing about the pace
+    assert clock.affordable_epochs() == 11

@@ -32,7 +32,7 @@ from .space import (
     sample_params,
     trial_overrides,
 )
-from .trial import TrialOutcome, run_trial, train_command
+from .trial import MIN_PACE_SECONDS, PACE_SHARE, TrialOutcome, run_trial, train_command
 
 DEFAULT_OUTPUT = "runs/sweep"
 
@@ -46,26 +46,40 @@ class SweepResult:
 
 
 class Clock:
-    """The budget: a monotonic deadline and an estimate of seconds per trained example from trials so far."""
+    """The budget: a monotonic deadline, and the pace of trials so far as start-up seconds plus seconds per epoch.
+
+    The two are kept apart because a trial stopped early is mostly start-up (loading, tokenizing, the range
+    test): charged to its few steps, one minute of a busy machine read as ~10 minutes an epoch, and a
+    30-minute sweep then gave up after two minutes (2026-12-01).
+    """
 
     def __init__(self, budget_s: float):
         self.start, self.budget_s = time.monotonic(), budget_s
         self.deadline = self.start + budget_s
-        self.seconds, self.examples = 0.0, 0.0
+        self.step_seconds, self.epochs = 0.0, 0.0
+        self.startups: list[float] = []
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def record(self, outcome: TrialOutcome, n_train: int) -> None:
-        if outcome.epochs_done:
-            self.seconds += outcome.seconds
-            self.examples += outcome.epochs_done * n_train
+    def trust_pace_after(self) -> float:
+        """Seconds of a trial's logged steps before its pace may stop it for the budget."""
+        return max(MIN_PACE_SECONDS, PACE_SHARE * self.budget_s)
 
-    def affordable_epochs(self, n_train: int) -> int:
-        """Whole epochs the time left pays for, at the pace seen so far (no estimate yet: any)."""
-        if not self.examples:
+    def record(self, outcome: TrialOutcome) -> None:
+        seconds, epochs = outcome.stepping
+        if epochs > 0:
+            self.step_seconds += seconds
+            self.epochs += epochs
+        if outcome.startup_s is not None:
+            self.startups.append(outcome.startup_s)
+
+    def affordable_epochs(self) -> int:
+        """Whole epochs the time left pays for after a trial's start-up, at the pace seen so far (no estimate yet: any)."""
+        if not self.epochs:
             return 10**6
-        return math.floor(self.left() / (self.seconds / self.examples * n_train))
+        startup = sum(self.startups) / len(self.startups) if self.startups else 0.0
+        return math.floor((self.left() - startup) / (self.step_seconds / self.epochs))
 
 
 def trial_record(number: int, params: dict, outcome: TrialOutcome) -> dict:
@@ -124,7 +138,7 @@ def prepare_output(cfg: RunConfig) -> tuple[Path, Path]:
     return out_dir, config_path
 
 
-def run_auto_trial(cfg: RunConfig, config_path: Path, out_dir: Path, n_train: int, deadline: float) -> tuple[dict, TrialOutcome]:
+def run_auto_trial(cfg: RunConfig, config_path: Path, out_dir: Path, n_train: int, clock: Clock) -> tuple[dict, TrialOutcome]:
     """Trial 0: the config with its `auto` values, as `tunewright train` runs it (never pruned); its resolved values."""
     from ..train.hparams import (
         auto_epochs,  # torch with it: the parent process needs it only here
@@ -133,7 +147,7 @@ def run_auto_trial(cfg: RunConfig, config_path: Path, out_dir: Path, n_train: in
     run_dir = out_dir / "trial-000"
     planned = float(cfg.train.epochs) if cfg.train.epochs != "auto" else auto_epochs(n_train)[0]
     command = train_command(config_path, run_dir, [f"train.save_every={10**9}", "eval.after_train=false"])
-    outcome = run_trial(command, run_dir, lambda epoch, loss: False, deadline, planned)
+    outcome = run_trial(command, run_dir, lambda epoch, loss: False, clock.deadline, planned, clock.trust_pace_after())
     return resolved_params(run_dir, cfg.method), outcome
 
 
@@ -197,15 +211,15 @@ def run_sweep(cfg: RunConfig, budget_s: float, max_trials: int | None = None, sp
     clock, trials = Clock(budget_s), []
     record = {"budget_s": budget_s, "train_examples": n_train, "space": space.as_dict(), "trials": trials, "best": None}
     if first is None and (max_trials is None or max_trials > 0):
-        params, outcome = run_auto_trial(cfg, config_path, out_dir, n_train, clock.deadline)
+        params, outcome = run_auto_trial(cfg, config_path, out_dir, n_train, clock)
         tell_known(study, space, cfg.method, params, outcome)
-        clock.record(outcome, n_train)
+        clock.record(outcome)
         trials.append({**trial_record(0, params, outcome), "auto": True})
         write_sweep_json(out_dir, record)
         if outcome.state == "failed":
             return finish(out_dir, record, trials)  # the config or the data is at fault: every trial would fail alike
     while (max_trials is None or len(trials) < max_trials) and clock.left() > 0:
-        max_epochs = clock.affordable_epochs(n_train)
+        max_epochs = clock.affordable_epochs()
         if max_epochs < space.epochs[0]:
             break  # not even the shortest trial fits in what is left
         trial = study.ask()
@@ -213,9 +227,10 @@ def run_sweep(cfg: RunConfig, budget_s: float, max_trials: int | None = None, sp
         number = len(trials)  # the auto trial is in the study as an added trial, or not at all
         run_dir = out_dir / f"trial-{number:03d}"
         command = train_command(config_path, run_dir, trial_overrides(params, n_train))
-        outcome = run_trial(command, run_dir, pruning_callback(trial, set()), clock.deadline, params["epochs"])
+        outcome = run_trial(command, run_dir, pruning_callback(trial, set()), clock.deadline, params["epochs"],
+                            clock.trust_pace_after())
         tell(study, trial, outcome)
-        clock.record(outcome, n_train)
+        clock.record(outcome)
         trials.append(trial_record(number, params, outcome))
         write_sweep_json(out_dir, record)
         if outcome.state == "failed" and not any(t["state"] == "complete" for t in trials):

@@ -21,6 +21,7 @@ POLL_SECONDS = 0.5
 STOP_GRACE_SECONDS = 10  # a trainer that ignores SIGTERM this long is killed
 LOG_TAIL_LINES = 8
 MIN_PACE_SECONDS = 15.0  # of logged steps before a trial's pace is trusted to project its end
+PACE_SHARE = 0.05  # ... and at least this share of the budget: a busy minute must not end a 30-minute sweep's trial
 
 
 @dataclass
@@ -28,16 +29,25 @@ class Pace:
     """When a trial will end, projected from how far (in epochs) its logged steps got and how fast."""
 
     planned_epochs: float
+    trust_after_s: float = MIN_PACE_SECONDS  # seconds of logged steps before the pace is trusted
     first: tuple[float, float] | None = None  # (time, epoch) of the first logged step: model loading excluded
+    last: tuple[float, float] | None = None  # (time, epoch) of the latest one
 
     def projected_end(self, now: float, epoch: float) -> float | None:
+        self.last = (now, epoch)
         if self.first is None:
             self.first = (now, epoch)
             return None
         t0, e0 = self.first
-        if epoch <= e0 or now - t0 < MIN_PACE_SECONDS:
+        if epoch <= e0 or now - t0 < self.trust_after_s:
             return None
         return now + (now - t0) / (epoch - e0) * max(0.0, self.planned_epochs - epoch)
+
+    def stepping(self) -> tuple[float, float]:
+        """(seconds, epochs) between the first and the latest logged step: the pace without start-up."""
+        if self.first is None or self.last is None:
+            return 0.0, 0.0
+        return self.last[0] - self.first[0], self.last[1] - self.first[1]
 
 
 @dataclass
@@ -50,7 +60,9 @@ class TrialOutcome:
     evals: list[tuple[float, float]] = field(default_factory=list)  # (epoch, eval_loss) as logged
     value: float | None = None  # validation loss of the weights the run kept (complete runs)
     message: str = ""
-    epochs_done: float = 0.0  # how far training got (the last logged step), for the budget's pace
+    epochs_done: float = 0.0  # how far training got (the last logged step)
+    startup_s: float | None = None  # from launch to the first logged step (loading, tokenizing, range test)
+    stepping: tuple[float, float] = (0.0, 0.0)  # (seconds, epochs) of logged steps: the budget's pace
 
 
 def train_command(config_path: Path, run_dir: Path, overrides: list[str]) -> list[str]:
@@ -104,8 +116,9 @@ def log_tail(path: Path) -> str:
 class Watch:
     """Judges a running trial's logged rows: stop it when Optuna prunes it or its pace overruns the deadline."""
 
-    def __init__(self, on_eval: Callable[[float, float], bool], deadline: float, planned_epochs: float):
-        self.on_eval, self.deadline, self.pace = on_eval, deadline, Pace(planned_epochs)
+    def __init__(self, on_eval: Callable[[float, float], bool], deadline: float, planned_epochs: float,
+                 trust_after_s: float = MIN_PACE_SECONDS):
+        self.on_eval, self.deadline, self.pace = on_eval, deadline, Pace(planned_epochs, trust_after_s)
         self.evals: list[tuple[float, float]] = []
         self.message, self.epochs_done = "", 0.0
 
@@ -135,7 +148,7 @@ class Watch:
 
 
 def run_trial(command: list[str], run_dir: Path, on_eval: Callable[[float, float], bool], deadline: float,
-              planned_epochs: float) -> TrialOutcome:
+              planned_epochs: float, trust_after_s: float = MIN_PACE_SECONDS) -> TrialOutcome:
     """Run one trainer to its end, its pruning, or the deadline (time.monotonic()); stdout/stderr go to train.log.
 
     A trial whose pace says it would end after the deadline is stopped as soon as that is clear,
@@ -144,7 +157,7 @@ def run_trial(command: list[str], run_dir: Path, on_eval: Callable[[float, float
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "train.log"
     started = time.monotonic()
-    tail, watch, state = MetricsTail(metrics_path(run_dir)), Watch(on_eval, deadline, planned_epochs), None
+    tail, watch, state = MetricsTail(metrics_path(run_dir)), Watch(on_eval, deadline, planned_epochs, trust_after_s), None
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -152,8 +165,10 @@ def run_trial(command: list[str], run_dir: Path, on_eval: Callable[[float, float
                 time.sleep(POLL_SECONDS)
         finally:
             stop(proc)
+    first = watch.pace.first
     outcome = TrialOutcome(state, run_dir, time.monotonic() - started, watch.evals, message=watch.message,
-                           epochs_done=watch.epochs_done)
+                           epochs_done=watch.epochs_done, startup_s=first[0] - started if first else None,
+                           stepping=watch.pace.stepping())
     if state == "complete":
         outcome.value = kept_eval_loss(run_dir, watch.evals)
     elif state == "failed":
