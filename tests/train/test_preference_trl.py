@@ -57,7 +57,8 @@ def setup(tiny_model_dir, tmp_path_factory):
 def _config(model_dir, data, loss: str):
     return load_config(model=str(model_dir), data__train=str(data),
                        overrides=["objective=dpo", f"preference.loss={loss}", f"preference.beta={BETA}",
-                                  "train.micro_batch_tokens=4096", "train.precision=fp32"])
+                                  "train.micro_batch_tokens=4096", "train.precision=fp32",
+                                  "preference.shared_prompt=true"])  # resolved as the loop gets it, not "auto"
 
 
 def _base_and_lora(model_dir):
