@@ -51,7 +51,7 @@ def test_upload_is_validated_and_listed(jobs_server, training_file):
 def test_job_trains_and_its_model_is_served(jobs_server, training_file):
     client = jobs_server.client
     metadata = {"team": "support", "ticket": "x" * 512}
-    job = create_job(jobs_server, training_file, steps=2, metadata=metadata)
+    job = create_job(jobs_server, training_file, steps=2, metadata=metadata, validation_file=training_file.id)
     assert job.status == "queued" and job.fine_tuned_model is None and job.metadata == metadata
     done = wait_for(client, job.id, ("succeeded", "failed", "cancelled"))
     assert done.status == "succeeded", done.error
@@ -63,6 +63,8 @@ def test_job_trains_and_its_model_is_served(jobs_server, training_file):
     assert answer.choices[0].message.content is not None
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
     assert any(m.startswith("Step 2/2: training loss=") for m in messages)
+    last = next(e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics")
+    assert last["valid_loss"] > 0 and 0.0 <= last["valid_mean_token_accuracy"] <= 1.0  # the final step evaluates
     assert messages[0] == "The job has successfully completed"
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [1]  # save_every 1; the last step is the result, not a checkpoint

@@ -194,7 +194,7 @@ def test_early_stopping_ends_the_run_when_validation_stops_improving(tiny_model_
     from tunewright.train import loop
 
     worse = iter([1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7])
-    monkeypatch.setattr(loop, "evaluate_loss", lambda *a, **k: next(worse))
+    monkeypatch.setattr(loop, "validation_metrics", lambda *a, **k: {"eval_loss": next(worse)})
     run = tmp_path / "es"
     result = train(_cfg(tiny_model_dir, data, run, train__max_steps=8, train__eval_every=1, train__save_every=1,
                         train__early_stopping_patience=2))

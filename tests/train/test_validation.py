@@ -41,3 +41,48 @@ def test_tunewright_eval_of_the_run_repeats_the_last_eval_loss(run, tmp_path):
     results = evaluate(str(result.run_dir), data=[str(validation)], compare_base=False, max_new_tokens=2, output_dir=tmp_path)
     assert results["settings"]["loss"] == {"max_seq_len": 16, "train_on": "all", "token_budget": 512, "packing": True}
     assert results["metrics"]["tuned"]["loss"] == pytest.approx(eval_loss, rel=1e-6)
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_validation_counts_the_answer_tokens_the_model_would_write_itself(chunked):
+    """Greedy hits per example equal argmax checks on each example's own full logits, on both head paths."""
+    import numpy as np
+    import torch
+    from helpers import build_tiny_model, build_tokenizer
+
+    from tunewright.data.conversation import Conversation, Message
+    from tunewright.data.templates import tokenize_conversation
+    from tunewright.models import ensure_pad_token
+    from tunewright.train.loop import TokenLoss
+    from tunewright.train.validation import (
+        LossSettings,
+        exact_match,
+        example_loss_sums,
+        scored_batches,
+        token_accuracy,
+    )
+
+    tok = build_tokenizer("chatml")
+    ensure_pad_token(tok)
+    model = build_tiny_model(tok, seed=2).eval()
+    examples = [tokenize_conversation(tok, Conversation((Message("user", f"Say {i}"), Message("assistant", f"{i}"))))
+                for i in range(10)]
+    batches = scored_batches(examples, tok.pad_token_id, LossSettings(token_budget=128))
+    sums = example_loss_sums(TokenLoss(model, chunked=chunked), batches, len(examples), "cpu")
+    want = []
+    with torch.no_grad():
+        for ex in examples:
+            logits = model(input_ids=torch.tensor([ex.input_ids])).logits[0]
+            trained = [j for j in range(1, len(ex.labels)) if ex.labels[j] != -100]
+            want.append(sum(int(logits[j - 1].argmax()) == ex.input_ids[j] for j in trained))
+    assert sums[:, 2].tolist() == want
+    assert token_accuracy(sums) == pytest.approx(sum(want) / sums[:, 1].sum())
+    planted = np.array([[1.0, 3, 3], [2.0, 3, 2], [0.5, 2, 2], [0.0, 0, 0]])  # the last scores nothing
+    assert exact_match(planted) == pytest.approx(2 / 3) and token_accuracy(planted) == pytest.approx(7 / 8)
+
+
+def test_the_loop_logs_validation_token_accuracy_and_exact_match(run):
+    result, _, _ = run
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval_loss" in r]
+    assert evals and all(0.0 <= r["eval_token_accuracy"] <= 1.0 and 0.0 <= r["eval_exact_match"] <= 1.0 for r in evals)

@@ -247,7 +247,8 @@ class JobsService:
             out.append({"object": "fine_tuning.job.checkpoint", "id": f"ftckpt-{job['id'][-8:]}-{step}",
                         "created_at": int(path.stat().st_mtime), "fine_tuned_model_checkpoint": f"{model_id}:ckpt-step-{step}",
                         "step_number": step, "fine_tuning_job_id": job["id"],
-                        "metrics": {"step": step, "train_loss": row.get("loss"), "valid_loss": row.get("eval_loss")}})
+                        "metrics": {"step": step, "train_loss": row.get("loss"), "valid_loss": row.get("eval_loss"),
+                                    "valid_mean_token_accuracy": row.get("eval_token_accuracy")}})
         return out
 
     def save_upload(self, upload, purpose: str) -> dict:

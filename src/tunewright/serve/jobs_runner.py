@@ -326,6 +326,7 @@ class JobRunner:
             if row.get("eval_loss") is not None:
                 message += f", validation loss={row['eval_loss']:.4f}"
             data = {"step": step, "total_steps": total, "train_loss": row["loss"], "valid_loss": row.get("eval_loss"),
+                    "valid_mean_token_accuracy": row.get("eval_token_accuracy"),
                     "learning_rate": row.get("lr"), "tokens": row.get("tokens"),
                     **{k: row[k] for k in PREFERENCE_METRICS if k in row}}
             self.store.add_event(job["id"], message, type="metrics", data=data)

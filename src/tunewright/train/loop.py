@@ -29,16 +29,23 @@ from .batching import (
     steps_per_epoch,
 )
 from .hparams import total_steps
-from .loss import head_parts, select_trained_positions, token_loss_sum, token_losses
+from .loss import (
+    head_parts,
+    select_trained_positions,
+    token_loss_sum,
+    token_losses_and_hits,
+)
 from .metrics_log import append_metrics, metrics_path, truncate_metrics
 from .progress import TrainProgress, peak_memory_bytes
 from .state import LoopResult, TrainState
 from .validation import (
     LossSettings,
     ScoredBatch,
+    exact_match,
     example_loss_sums,
     mean_loss,
     scored_batches,
+    token_accuracy,
 )
 
 
@@ -61,7 +68,7 @@ class TokenLoss(torch.nn.Module):
         self._parts = parts or (None, None)
 
     def forward(self, input_ids, position_ids, labels, seq_ids=None, n_seqs: int = 0, weights=None):
-        """The summed loss; with `seq_ids` (B, T) (no gradient), the (n_seqs,) sums per sequence instead.
+        """The summed loss; with `seq_ids` (B, T) (no gradient), (n_seqs, 2) sums per sequence instead.
 
         `weights` (B, T), when given, scales each label's loss (MicroBatch.weights).
         """
@@ -78,16 +85,19 @@ class TokenLoss(torch.nn.Module):
         return losses.sum() if weights is None else (losses * weights[:, 1:].flatten()).sum()
 
     def _per_sequence(self, input_ids, position_ids, labels, seq_ids, n_seqs: int) -> torch.Tensor:
+        """(n_seqs, 2): each sequence's summed NLL and how many of its targets are the greedy choice."""
         keep = labels[:, 1:] != -100
         if self.fast:
             backbone, head = self._parts
             hidden = backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
             h, targets = select_trained_positions(hidden, labels)
-            losses = token_losses(h, head.weight, targets, head.bias)
+            losses, hits = token_losses_and_hits(h, head.weight, targets, head.bias)
         else:
             logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[:, :-1][keep].float()
-            losses = F.cross_entropy(logits, labels[:, 1:][keep], reduction="none")
-        return torch.zeros(n_seqs, dtype=torch.float32, device=losses.device).index_add(0, seq_ids[:, 1:][keep], losses)
+            targets = labels[:, 1:][keep]
+            losses, hits = F.cross_entropy(logits, targets, reduction="none"), logits.argmax(dim=-1) == targets
+        per_token = torch.stack([losses, hits.float()], dim=1)
+        return torch.zeros(n_seqs, 2, dtype=torch.float32, device=losses.device).index_add(0, seq_ids[:, 1:][keep], per_token)
 
 
 def micro_batch_loss(module, mb: MicroBatch, device) -> torch.Tensor:
@@ -114,10 +124,12 @@ def _batches(examples: list[TokenizedExample], cfg: ResolvedRunConfig, pad_id: i
     return micro_batches(examples, pad_id, budget, cfg.data.packing, row_len, cfg.data.prompt_loss_weight)
 
 
-def evaluate_loss(loss_module, batches: list[ScoredBatch], device) -> float:
-    """Mean loss per trained token over the validation set (validation.py: the same function `tunewright eval` uses)."""
+def validation_metrics(loss_module, batches: list[ScoredBatch], device) -> dict[str, float]:
+    """Validation: mean loss per trained token (validation.py: the same function `tunewright eval` uses), the
+    share of answer tokens that are the greedy choice, and the share of examples whose every answer token is."""
     n_examples = sum(len(sb.example_ids) for sb in batches)
-    return mean_loss(example_loss_sums(loss_module, batches, n_examples, device))
+    sums = example_loss_sums(loss_module, batches, n_examples, device)
+    return {"eval_loss": mean_loss(sums), "eval_token_accuracy": token_accuracy(sums), "eval_exact_match": exact_match(sums)}
 
 
 class TokenObjective:
@@ -150,7 +162,7 @@ class TokenObjective:
         return micro_batch_loss(module, mb, device), None
 
     def evaluate(self, module, batches: list[ScoredBatch], device) -> dict:
-        return {"eval_loss": evaluate_loss(module, batches, device)}
+        return validation_metrics(module, batches, device)
 
     def step_metrics(self, accelerator, stats, weight: int) -> dict:
         return {}

@@ -141,8 +141,11 @@ def token_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_size, row_weights)
 
 
-def _row_ce_chunks(hidden, weight, bias, targets, chunk_size, want_h):
-    """CE of every row (N,) fp32 and, when asked, d(CE_i)/d(hidden_i) (N, H) fp32, chunk by chunk."""
+def _row_ce_chunks(hidden, weight, bias, targets, chunk_size, want_h, hits=None):
+    """CE of every row (N,) fp32 and, when asked, d(CE_i)/d(hidden_i) (N, H) fp32, chunk by chunk.
+
+    `hits` (N,) bool, when given, is filled with whether each row's target is its highest logit.
+    """
     dtype = _matmul_dtype(hidden, weight)
     w = weight.to(dtype)
     losses = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
@@ -153,6 +156,8 @@ def _row_ce_chunks(hidden, weight, bias, targets, chunk_size, want_h):
         logits = _chunk_logits(hidden[start:end].to(dtype), w, bias)  # (n, V) fp32
         lse = torch.logsumexp(logits, dim=1)
         losses[start:end] = lse - logits.gather(1, t).squeeze(1)
+        if hits is not None:
+            hits[start:end] = logits.argmax(dim=1) == t.squeeze(1)
         if want_h:
             probs = logits.sub_(lse.unsqueeze(1)).exp_()
             probs.scatter_add_(1, t, torch.full_like(lse, -1.0).unsqueeze(1))
@@ -194,3 +199,16 @@ def token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tens
         with torch.no_grad():
             return _row_ce_chunks(hidden, weight, bias, targets, chunk_size, False)[0]
     return _ChunkedRowCrossEntropy.apply(hidden, weight, bias, targets, chunk_size)
+
+
+def token_losses_and_hits(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None = None,
+                          chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row CE (N,) fp32 and whether each target is the row's greedy choice (N,) bool; no gradient.
+
+    What validation reports besides its loss: the share of answer tokens the model would write itself
+    (OpenAI's `valid_mean_token_accuracy`), from the same chunks of logits, without generating.
+    """
+    hits = torch.empty(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+    with torch.no_grad():
+        losses = _row_ce_chunks(hidden, weight, bias, targets, chunk_size, False, hits)[0]
+    return losses, hits

@@ -82,18 +82,19 @@ def _tagged(rows: list[list[_Indexed]], pad_id: int) -> ScoredBatch:
 
 def example_loss_sums(loss_module, batches: list[ScoredBatch], n_examples: int, device,
                       on_batch: Callable[[ScoredBatch], None] | None = None) -> np.ndarray:
-    """`(n, 2)` float64 array of [summed NLL, scored tokens] per example, from `TokenLoss`'s per-sequence sums."""
+    """`(n, 3)` float64 array of [summed NLL, scored tokens, greedy hits] per example, from `TokenLoss`."""
     was_training = loss_module.training
     loss_module.eval()
-    out = np.zeros((n_examples, 2), dtype=np.float64)
+    out = np.zeros((n_examples, 3), dtype=np.float64)
     with torch.no_grad():
         for sb in batches:
             mb, n = sb.batch, len(sb.example_ids)
             sums = loss_module(mb.input_ids.to(device), mb.position_ids.to(device), mb.labels.to(device),
-                               sb.seq_ids.to(device), n)
+                               sb.seq_ids.to(device), n).float().cpu().numpy()
             trained = sb.seq_ids[:, 1:][mb.labels[:, 1:] != -100]
-            out[sb.example_ids, 0] = sums.float().cpu().numpy()
+            out[sb.example_ids, 0] = sums[:, 0]
             out[sb.example_ids, 1] = torch.bincount(trained, minlength=n).numpy()
+            out[sb.example_ids, 2] = sums[:, 1]
             if on_batch is not None:
                 on_batch(sb)
     loss_module.train(was_training)
@@ -103,3 +104,15 @@ def example_loss_sums(loss_module, batches: list[ScoredBatch], n_examples: int, 
 def mean_loss(sums: np.ndarray) -> float:
     """Loss per scored token over all examples (token-weighted, as training's)."""
     return float(sums[:, 0].sum() / max(sums[:, 1].sum(), 1))
+
+
+def token_accuracy(sums: np.ndarray) -> float:
+    """Share of scored tokens that are the model's greedy choice given the reference before them."""
+    return float(sums[:, 2].sum() / max(sums[:, 1].sum(), 1))
+
+
+def exact_match(sums: np.ndarray) -> float:
+    """Share of examples (with a scored token) whose every scored token is the greedy choice: exactly what
+    greedy decoding would write for that answer, end-of-turn included, found without generating."""
+    scored = sums[:, 1] > 0
+    return float((sums[scored, 2] == sums[scored, 1]).mean()) if scored.any() else 0.0
