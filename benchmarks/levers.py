@@ -62,6 +62,10 @@ VARIANTS = {
     # train.fused_lora: each LoRA layer's training forward as one op (train/fused_lora.py) instead of PEFT's
     "fused_lora": {"lora": "fused"},
     "bf16_fused_lora": {"precision": "bf16", "lora": "fused"},
+    # the loop as it runs on a bf16 CPU (bf16, fused LoRA, 512-token micro-batches: one row each), and the same with
+    # each decoder layer compiled (inductor) and every row padded to 512, so one compiled shape serves every step
+    "loop_bf16": {"precision": "bf16", "lora": "fused", "budget": 512},
+    "loop_bf16_layer_compile": {"precision": "bf16", "lora": "fused", "budget": 512, "layer_compile": True},
 }
 LEVERS = {
     "packing": ["default", "padded", "balanced"],
@@ -74,6 +78,7 @@ LEVERS = {
     "compile": ["best", "best_compile"],
     "bf16_base": ["bf16", "bf16_base"],
     "fused_lora": ["default", "fused_lora", "bf16", "bf16_fused_lora"],
+    "layer_compile": ["loop_bf16", "loop_bf16_layer_compile"],
 }
 
 
@@ -96,7 +101,8 @@ def _step_batches(examples, batching: str, pad_id: int, budget: int, max_len: in
 def run_variant(name: str, args) -> dict:
     """Train `args.steps` optimizer steps with one variant; tokens/s over steps 2..N, peak RSS, losses."""
     v = {"batching": "balanced", "chunked": True, "dropout": "peft", "checkpointing": False, "threads": args.threads,
-         "compile": False, "optimizer": "default", "budget": 4096, "precision": "fp32", "bf16_base": False, "lora": "peft", **VARIANTS[name]}
+         "compile": False, "optimizer": "default", "budget": 4096, "precision": "fp32", "bf16_base": False, "lora": "peft",
+         "layer_compile": False, **VARIANTS[name]}
     torch.set_num_threads(v["threads"])
     torch.manual_seed(0)
     from tunewright.models import load_model
@@ -117,6 +123,9 @@ def run_variant(name: str, args) -> dict:
     if v["checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    if v["layer_compile"]:
+        for layer in model.get_base_model().model.layers:
+            layer.compile(dynamic=False)
     loss_module = TokenLoss(model, chunked=v["chunked"])
     loss_module.train()
     forward = torch.compile(loss_module, dynamic=True) if v["compile"] else loss_module
@@ -132,6 +141,8 @@ def run_variant(name: str, args) -> dict:
         _, ids = step_example_ids(len(examples), args.micro_batch, 42, step)
         mbs = _step_batches([examples[i] for i in ids], v["batching"], tokenizer.pad_token_id, v["budget"],
                             v.get("row_len", args.max_len))
+        if v["layer_compile"]:
+            mbs = [padded_to(mb, args.max_len, tokenizer.pad_token_id) for mb in mbs]
         trained = sum(mb.trained_tokens for mb in mbs)
         start = time.perf_counter()
         total = 0.0
@@ -159,6 +170,19 @@ def run_variant(name: str, args) -> dict:
         "losses": losses,
         **({"profile": _top_ops(profiler, args.profile)} if args.profile else {}),
     }
+
+
+def padded_to(mb, width: int, pad_id: int):
+    """The micro-batch with its rows padded to `width` tokens (a pad block of its own, no labels): one shape to compile."""
+    from dataclasses import replace
+
+    extra = width - mb.input_ids.shape[1]
+    if extra <= 0:
+        return mb
+    rows = mb.input_ids.shape[0]
+    return replace(mb, input_ids=torch.cat([mb.input_ids, torch.full((rows, extra), pad_id)], 1),
+                   labels=torch.cat([mb.labels, torch.full((rows, extra), -100)], 1),
+                   position_ids=torch.cat([mb.position_ids, torch.arange(extra).expand(rows, extra)], 1))
 
 
 class _NoProfiler:

@@ -90,3 +90,21 @@ def test_swap_replaces_every_peft_dropout(tiny_model_dir):
                            LoraConfig(r=4, lora_alpha=8, lora_dropout=0.05, target_modules="all-linear"))
     assert dropout.use_fast_lora_dropout(model) == 2 * 7  # 2 layers x 7 linear layers
     assert not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for n, m in model.named_modules() if "lora_dropout" in n)
+
+
+def test_padding_rows_to_one_compiled_width_keeps_the_loss():
+    from helpers import build_tiny_model, build_tokenizer
+
+    from tunewright.models import ensure_pad_token
+    from tunewright.train.loop import TokenLoss
+
+    tok = build_tokenizer("chatml")
+    ensure_pad_token(tok)
+    model = build_tiny_model(tok, seed=4).eval()
+    mb = micro_batches([_ex(n, start=5 * i) for i, n in enumerate((40, 25, 31))], tok.pad_token_id, 512, True, 128)[0]
+    wide = levers.padded_to(mb, 128, tok.pad_token_id)
+    assert wide.input_ids.shape[1] == 128 > mb.input_ids.shape[1] and wide.trained_tokens == mb.trained_tokens
+    with torch.no_grad():
+        loss = TokenLoss(model)
+        torch.testing.assert_close(loss(wide.input_ids, wide.position_ids, wide.labels),
+                                   loss(mb.input_ids, mb.position_ids, mb.labels), rtol=1e-5, atol=1e-5)
