@@ -49,7 +49,7 @@ allocator:
 	  echo "tcmalloc not installed: the allocator restart test will be skipped"
 
 test: setup browser llama postgres allocator
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 quickstart: setup
 	$(VENV)/bin/tunewright quickstart
