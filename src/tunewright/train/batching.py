@@ -128,7 +128,8 @@ def collate(rows: list[list[TokenizedExample]], pad_id: int, prompt_weight: floa
             r_ids += ex.input_ids
             # the first token of each example is never a target of the previous one
             r_lab += [-100] + _targets(ex, prompt_weight > 0)[1:]
-            r_w += [0.0] + [1.0 if x != -100 else prompt_weight for x in ex.labels[1:]]
+            if prompt_weight > 0:
+                r_w += [0.0] + [1.0 if x != -100 else prompt_weight for x in ex.labels[1:]]
             r_pos += list(range(len(ex.input_ids)))
             trained += sum(1 for x in ex.labels[1:] if x != -100)
         real += len(r_ids)
@@ -136,7 +137,8 @@ def collate(rows: list[list[TokenizedExample]], pad_id: int, prompt_weight: floa
         ids.append(r_ids + [pad_id] * pad)
         labels.append(r_lab + [-100] * pad)
         pos.append(r_pos + list(range(pad)))
-        weights.append(r_w + [0.0] * pad)
+        if prompt_weight > 0:  # otherwise no per-token floats: labels alone decide what trains
+            weights.append(r_w + [0.0] * pad)
     w = torch.tensor(weights, dtype=torch.float32) if prompt_weight > 0 else None
     return MicroBatch(torch.tensor(ids), torch.tensor(labels), torch.tensor(pos), real, trained, w)
 
