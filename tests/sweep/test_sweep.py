@@ -184,7 +184,7 @@ def test_the_budget_charges_start_up_once_per_trial_not_to_a_stopped_trials_few_
     assert clock.trust_pace_after() == 90.0 and study_module.Clock(60).trust_pace_after() == 15.0
     assert clock.affordable_epochs() == 10**6  # nothing seen yet
     # a trial stopped after 60 s: 45 s of loading, then 15 s of steps that covered 0.1 epoch (150 s an epoch)
-    clock.record(TrialOutcome("budget", tmp_path, 60.0, epochs_done=0.1, startup_s=45.0, stepping=(15.0, 0.1)))
+    clock.record(TrialOutcome("budget", tmp_path, 60.0, startup_s=45.0, stepping=(15.0, 0.1)))
     monkeypatch.setattr(study_module.time, "monotonic", lambda: 1060.0)
     assert clock.affordable_epochs() == 11  # (1740 s left - 45 s start-up) / 150 s; 60 s / 0.1 epoch would say 2
     clock.record(TrialOutcome("failed", tmp_path, 5.0))  # died before a step: nothing about the pace

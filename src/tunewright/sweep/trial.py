@@ -60,7 +60,6 @@ class TrialOutcome:
     evals: list[tuple[float, float]] = field(default_factory=list)  # (epoch, eval_loss) as logged
     value: float | None = None  # validation loss of the weights the run kept (complete runs)
     message: str = ""
-    epochs_done: float = 0.0  # how far training got (the last logged step)
     startup_s: float | None = None  # from launch to the first logged step (loading, tokenizing, range test)
     stepping: tuple[float, float] = (0.0, 0.0)  # (seconds, epochs) of logged steps: the budget's pace
 
@@ -120,12 +119,16 @@ class Watch:
                  trust_after_s: float = MIN_PACE_SECONDS):
         self.on_eval, self.deadline, self.pace = on_eval, deadline, Pace(planned_epochs, trust_after_s)
         self.evals: list[tuple[float, float]] = []
-        self.message, self.epochs_done = "", 0.0
+        self.message = ""
+
+    @property
+    def epochs_done(self) -> float:
+        """How far training got: the epoch of the last logged step (the pace keeps it)."""
+        return self.pace.last[1] if self.pace.last else 0.0
 
     def verdict(self, row: dict, judge: bool) -> str | None:
         """"pruned", "budget" or None; with judge False (the trainer already exited) only record the row."""
-        self.epochs_done = float(row["epoch"])
-        end = self.pace.projected_end(time.monotonic(), self.epochs_done)
+        end = self.pace.projected_end(time.monotonic(), float(row["epoch"]))
         if judge and end is not None and end > self.deadline:
             self.message = f"stopped: at its pace it would end {(end - self.deadline) / 60:.1f} min after the budget"
             return "budget"
@@ -167,7 +170,7 @@ def run_trial(command: list[str], run_dir: Path, on_eval: Callable[[float, float
             stop(proc)
     first = watch.pace.first
     outcome = TrialOutcome(state, run_dir, time.monotonic() - started, watch.evals, message=watch.message,
-                           epochs_done=watch.epochs_done, startup_s=first[0] - started if first else None,
+                           startup_s=first[0] - started if first else None,
                            stepping=watch.pace.stepping())
     if state == "complete":
         outcome.value = kept_eval_loss(run_dir, watch.evals)
