@@ -87,9 +87,13 @@ class TrainConfig(_Section):
     eval_every: int | Auto = "auto"
     save_every: int | Auto = "auto"
     save_total_limit: int = Field(2, ge=1)
-    # auto: stop after ~1 epoch of evaluations without a better validation loss, when epochs is auto
+    # auto: stop after ~1 epoch of evaluations without a better one (best_metric), when epochs is auto
     # and there is validation data (train.hparams); null: never
     early_stopping_patience: int | Auto | None = "auto"
+    # what "the best evaluation" means for early stopping, the weights a run keeps and sweep's ranking (Transformers'
+    # metric_for_best_model); ties go to the lower eval_loss. auto: eval_exact_match for sft with short answers
+    # (< 16 trained tokens per example: labels, one-word answers), eval_loss otherwise (train.hparams)
+    best_metric: Literal["auto", "eval_loss", "eval_exact_match", "eval_token_accuracy", "eval_preference_accuracy"] = "auto"
     # validation rows the loss pass uses (a seeded sample); auto: all, unless that would cost > 10% of training
     eval_examples: int | Auto | None = "auto"
     log_every: int = Field(1, ge=1)
@@ -188,6 +192,7 @@ class ResolvedTrainConfig(TrainConfig):
     save_every: int
     threads: int
     early_stopping_patience: int | None
+    best_metric: Literal["eval_loss", "eval_exact_match", "eval_token_accuracy", "eval_preference_accuracy"]
     eval_examples: int | None
     distributed: Literal["ddp", "fsdp", "deepspeed"]  # train.distributed.resolve_strategy runs first
     lr_range_test: bool

@@ -52,8 +52,11 @@ def test_sweep_runs_two_tiny_trials_and_links_the_best(tiny_model_dir, tmp_path)
     assert "0 auto" in out.stderr
     complete = [t for t in record["trials"] if t["state"] == "complete"]
     assert complete and all(t["state"] in ("complete", "pruned") for t in record["trials"])
-    best = min(complete, key=lambda t: t["value"])
+    best = min(complete, key=lambda t: (t["value"], t["kept_eval_loss"]))  # ties of a coarse metric: the lower loss
     assert record["best"]["number"] == best["number"]
+    resolved_metric = resolved_first["train"]["best_metric"]
+    assert resolved_metric == "eval_exact_match" and all(t["metric"] == resolved_metric for t in complete)  # 3-word answers
+    assert all(t["value"] == pytest.approx(1 - t["score"]) for t in complete)
     best_dir = (tmp_path / "sweep" / "best").resolve()
     assert best_dir == Path(best["run_dir"]).resolve()
     assert (best_dir / "adapter" / "adapter_config.json").is_file()
@@ -144,16 +147,23 @@ def test_a_first_trial_that_fails_ends_the_sweep_with_the_trainers_message(tmp_p
     assert [t["state"] for t in json.loads((tmp_path / "sw" / "sweep.json").read_text())["trials"]] == ["failed"]
 
 
+LAST_EVAL = {"step": 8, "eval_loss": 1.5, "eval_exact_match": 0.5}
+
+
 @pytest.mark.parametrize(("summary", "kept"), [
     ({"stopped_early": False, "best_step": 4, "weights_step": 8, "best_eval_loss": 1.0, "final_eval_loss": 1.5}, 1.5),
     ({"stopped_early": False, "best_step": 4, "weights_step": 4, "best_eval_loss": 1.0, "final_eval_loss": 1.5}, 1.0),
     ({"stopped_early": True, "best_step": 4, "best_eval_loss": 1.0, "final_eval_loss": 1.5}, 1.0),
+    # by exact match the error is 1 - the kept weights' exact match: the best evaluation's, or the last one's
+    ({"stopped_early": True, "best_step": 4, "best_eval_loss": 1.0, "best_metric": "eval_exact_match", "best_score": 0.75}, 0.25),
+    ({"stopped_early": False, "best_step": 4, "weights_step": 8, "best_eval_loss": 1.0, "best_metric": "eval_exact_match",
+      "best_score": 0.75}, 0.5),
 ])
-def test_a_trial_is_scored_by_the_validation_loss_of_the_weights_it_kept(tmp_path, summary, kept):
-    from tunewright.sweep.trial import kept_eval_loss
+def test_a_trial_is_scored_by_its_best_metric_for_the_weights_it_kept(tmp_path, summary, kept):
+    from tunewright.sweep.trial import kept_validation
 
     (tmp_path / "summary.json").write_text(json.dumps(summary))
-    assert kept_eval_loss(tmp_path, [(1.0, 1.0), (2.0, 1.5)]) == kept
+    assert kept_validation(tmp_path, LAST_EVAL).error == pytest.approx(kept)
 
 
 def test_the_auto_trial_is_told_to_tpe_when_it_lies_in_the_space_and_kept_out_when_not(tmp_path):

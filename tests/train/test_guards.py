@@ -98,6 +98,17 @@ def test_merge_rules_auto_harmless_extension_and_refusals(tmp_path, monkeypatch)
     assert merge_resume_request(load_config(), saved) == saved, "nothing given: the run's own settings"
 
 
+def test_a_run_folder_from_before_best_metric_resumes_choosing_by_the_loss(tmp_path):
+    from tunewright.train.guards import reconcile_resume
+
+    old = {"model": "m", "data": {"train": "t.jsonl"}, "train": {"epochs": 3.0, "precision": "fp32"}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert reconcile_resume(load_config(), tmp_path)[0].train.best_metric == "eval_loss"  # its trainer_state holds a loss
+    new = {**old, "train": {**old["train"], "best_metric": "eval_exact_match"}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(new))
+    assert reconcile_resume(load_config(), tmp_path)[0].train.best_metric == "eval_exact_match"
+
+
 # --- item 10: output_dir must be writable, checked before any tokenizing ---------------------------------------------
 
 

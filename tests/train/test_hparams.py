@@ -92,6 +92,29 @@ def test_a_set_length_or_no_validation_turns_early_stopping_off():
     assert mine.train.early_stopping_patience == 5
 
 
+@pytest.mark.parametrize(("objective", "trained", "validation", "metric"), [
+    ("sft", 3, 200, "eval_exact_match"),  # one-word answers: the whole greedy answer is the score
+    ("sft", 40, 200, "eval_loss"),  # sentences are rarely matched whole
+    ("sft", 3, 0, "eval_loss"),  # nothing to select on
+    ("dpo", 3, 200, "eval_loss"),  # the preference loss per pair
+])
+def test_best_metric_is_exact_match_for_short_answers_and_the_loss_elsewhere(objective, trained, validation, metric):
+    shape = DataShape(1_200, trained * 1_200, 260 * 1_200, validation, 260 * validation)
+    cfg, why = resolve_with_reasons(load_config(data__train="t.jsonl", objective=objective), shape, 135_000_000, CPU)
+    assert cfg.train.best_metric == metric and why["train.best_metric"].startswith(metric)
+
+
+def test_a_best_metric_the_objective_does_not_log_is_a_clear_error():
+    from tunewright.errors import UserError
+
+    cfg = load_config(data__train="t.jsonl", objective="dpo", overrides=["train.best_metric=eval_exact_match"])
+    with pytest.raises(UserError, match="dpo validation does not log it") as err:
+        resolve_with_reasons(cfg, CLASSIFY, 135_000_000, CPU)
+    assert "eval_preference_accuracy" in err.value.fix
+    mine = load_config(data__train="t.jsonl", overrides=["train.best_metric=eval_token_accuracy"])
+    assert resolve_with_reasons(mine, CLASSIFY, 135_000_000, CPU)[0].train.best_metric == "eval_token_accuracy"
+
+
 def test_config_yaml_carries_a_reason_beside_each_auto_value_and_still_loads():
     cfg, why = resolve_with_reasons(load_config(data__train="t.jsonl", data__validation="v.jsonl"), CLASSIFY, 135_000_000, CPU)
     text = to_yaml(cfg, why)

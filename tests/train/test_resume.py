@@ -24,10 +24,11 @@ from tunewright.train import loop, train
 from tunewright.train.state import TrainState
 
 CLI = [sys.executable, "-m", "tunewright.cli"]
-# fp32 and a fixed dropout: a resumed run must reproduce an uninterrupted one exactly
+# fp32 and a fixed dropout: a resumed run must reproduce an uninterrupted one exactly; best by the loss, as
+# trainer_state.json files written before train.best_metric chose it (the old-layout tests rewrite them)
 SETS = {"train.max_steps": 8, "train.save_every": 2, "train.eval_every": 2, "train.learning_rate": 1e-2,
         "lora.dropout": 0.3, "train.precision": "fp32", "train.save_total_limit": 5, "train.threads": 1,
-        "eval.after_train": "false"}
+        "eval.after_train": "false", "train.best_metric": "eval_loss"}
 TOTALS = ("steps", "trained_tokens", "real_tokens", "padded_tokens")
 
 
@@ -191,7 +192,8 @@ WRITTEN_BEFORE_TRAIN_STATE = {"step": 3, "best_eval_loss": 6.5465264320373535, "
 def test_trainer_state_written_before_train_state_reads_as_the_same_state():
     state = TrainState.from_json(WRITTEN_BEFORE_TRAIN_STATE)
     assert state == TrainState(step=3, trained_tokens=526, real_tokens=1287, padded_tokens=1287, train_seconds=0.26499428900024213,
-                               best_eval_loss=6.5465264320373535, best_step=2, best_checkpoint=None, evals_without_gain=0)
+                               best_eval_loss=6.5465264320373535, best_score=6.5465264320373535, best_step=2,
+                               best_checkpoint=None, evals_without_gain=0)
     assert "tokens" not in state.to_json(), "written once, as real_tokens"
 
 
@@ -231,15 +233,17 @@ def test_resume_on_a_finished_run_says_so_and_changes_nothing(tiny_model_dir, da
     assert after == before
 
 
-def _record_evals(monkeypatch, losses: list[float]) -> dict[int, dict[str, torch.Tensor]]:
-    """Fake validation losses; the trainable weights at each evaluation, keyed by evaluation number."""
+def _record_evals(monkeypatch, losses: list[float], exact: list[float] | None = None) -> dict[int, dict[str, torch.Tensor]]:
+    """Fake validation (losses, and exact match: level unless given, so the loss decides); the trainable weights
+    at each evaluation, keyed by evaluation number."""
     seen: dict[int, dict[str, torch.Tensor]] = {}
-    scripted = iter(losses)
+    scripted = iter(zip(losses, exact or [0.5] * len(losses), strict=True))
 
     def fake_evaluate(loss_module, batches, device):
         seen[len(seen) + 1] = {n.replace(".default", ""): p.detach().clone()
                                for n, p in loss_module.model.named_parameters() if p.requires_grad}
-        return {"eval_loss": next(scripted)}
+        loss, match = next(scripted)
+        return {"eval_loss": loss, "eval_token_accuracy": match, "eval_exact_match": match}
 
     monkeypatch.setattr(loop, "validation_metrics", fake_evaluate)
     return seen
@@ -288,7 +292,7 @@ def test_auto_with_validation_data_early_stops_and_keeps_the_best_weights_with_n
     curve = [1.0, 0.8, 0.85] + [0.9 + 0.01 * k for k in range(60)]  # best at the second evaluation
     evals = _record_evals(monkeypatch, curve)
     run = tmp_path / "auto"
-    auto = {k: v for k, v in SETS.items() if k not in ("train.max_steps", "train.save_every", "train.eval_every")}
+    auto = {k: v for k, v in SETS.items() if k not in ("train.max_steps", "train.save_every", "train.eval_every", "train.best_metric")}
     result = train(load_config(model=str(tiny_model_dir), data__train=data["train"], output_dir=str(run),
                                overrides=[f"{k}={v}" for k, v in {**auto, "data.validation": data["validation"]}.items()]))
     resolved = yaml.safe_load((run / "config.yaml").read_text())["train"]
@@ -297,3 +301,18 @@ def test_auto_with_validation_data_early_stops_and_keeps_the_best_weights_with_n
     assert result.summary["stopped_early"] and result.summary["steps"] == (2 + patience) * every
     assert result.summary["best_step"] == 2 * every
     _assert_adapter_is(run, evals[2])
+
+
+@pytest.mark.parametrize(("metric", "best_eval"), [("auto", 3), ("eval_loss", 2), ("eval_exact_match", 3)])
+def test_the_kept_weights_are_the_best_by_best_metric(tiny_model_dir, data, tmp_path, monkeypatch, metric, best_eval):
+    """Loss and exact match disagree (as on stdlib-modules, docs/auto.md): the metric decides, and auto picks exact
+    match for these 3-word answers; its tie at the 4th evaluation goes to the lower loss, which is not lower there."""
+    evals = _record_evals(monkeypatch, [1.0, 0.8, 0.9, 0.95, 1.2, 1.3], exact=[0.2, 0.5, 0.7, 0.7, 0.6, 0.6])
+    run = tmp_path / metric
+    result = train(_cfg(tiny_model_dir, data, run, **{**EARLY, "train.early_stopping_patience": 3, "train.best_metric": metric}))
+    resolved = yaml.safe_load((run / "config.yaml").read_text())["train"]["best_metric"]
+    assert resolved == ("eval_exact_match" if metric == "auto" else metric)
+    assert result.summary["best_step"] == 2 * best_eval and result.summary["best_metric"] == resolved
+    assert result.summary["best_score"] == ([1.0, 0.8, 0.9][best_eval - 1] if resolved == "eval_loss" else 0.7)
+    assert result.summary["stopped_early"] and result.summary["steps"] == 2 * (best_eval + 3)
+    _assert_adapter_is(run, evals[best_eval])

@@ -197,7 +197,7 @@ def test_early_stopping_ends_the_run_when_validation_stops_improving(tiny_model_
     monkeypatch.setattr(loop, "validation_metrics", lambda *a, **k: {"eval_loss": next(worse)})
     run = tmp_path / "es"
     result = train(_cfg(tiny_model_dir, data, run, train__max_steps=8, train__eval_every=1, train__save_every=1,
-                        train__early_stopping_patience=2))
+                        train__early_stopping_patience=2, train__best_metric="eval_loss"))
     assert result.summary["stopped_early"] and result.summary["steps"] == 3
     assert result.summary["best_eval_loss"] == 1.0
     assert result.summary["best_checkpoint"].endswith("step-1")

@@ -34,17 +34,29 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def ranking_metric(trials: list[dict]) -> str:
+    """The best_metric the complete trials were ranked by (every trial resolves it from the same data)."""
+    return next((t["metric"] for t in trials if t.get("score") is not None), "eval_loss")
+
+
+SHORT_NAMES = {"eval_exact_match": "exact", "eval_token_accuracy": "tok acc", "eval_preference_accuracy": "pref acc"}
+
+
 def print_table(trials: list[dict], best_number: int | None, console: Console | None = None) -> None:
+    """One row a trial; a column for the ranking metric where it is not the validation loss."""
     console = console or Console(stderr=True)
-    table = Table(title="sweep trials (validation loss: lower is better)")
-    for col in ("trial", "state", "lr", "r", "batch", "epochs", "val loss", "evals", "min"):
+    metric = ranking_metric(trials)
+    extra = metric in SHORT_NAMES
+    table = Table(title=f"sweep trials, ranked by {metric}" + (" (ties: val loss)" if extra else ""))
+    for col in ("trial", "state", "lr", "r", "batch", "epochs", "val loss", *([SHORT_NAMES[metric]] if extra else []), "evals", "min"):
         table.add_column(col, justify="left" if col == "state" else "right", no_wrap=True)
     for t in trials:
         p = t["params"]
         mark = (" auto" if t.get("auto") else "") + (" *" if t["number"] == best_number else "")
+        loss = t.get("kept_eval_loss") if t.get("kept_eval_loss") is not None else t["last_eval_loss"]
         table.add_row(f"{t['number']}{mark}", f"[{STATE_STYLE.get(t['state'], 'white')}]{t['state']}[/]",
                       _fmt(p.get("learning_rate"), ".2e"), str(p.get("lora_r", "-")), str(p.get("batch_size", "-")),
-                      str(p.get("epochs", "-")), _fmt(t["value"] if t["value"] is not None else t["last_eval_loss"], ".4f"),
+                      str(p.get("epochs", "-")), _fmt(loss, ".4f"), *([_fmt(t.get("score"), ".3f")] if extra else []),
                       str(len(t["evals"])), f"{t['seconds'] / 60:.1f}")
     console.print(table)
 

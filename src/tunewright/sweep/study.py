@@ -83,8 +83,8 @@ class Clock:
 
 
 def trial_record(number: int, params: dict, outcome: TrialOutcome) -> dict:
-    return {"number": number, "state": outcome.state, "params": params, "value": outcome.value,
-            "last_eval_loss": outcome.evals[-1][1] if outcome.evals else None, "evals": outcome.evals,
+    return {"number": number, "state": outcome.state, "params": params, "value": outcome.value, "metric": outcome.metric,
+            "score": outcome.score, "kept_eval_loss": outcome.kept_eval_loss, "last_eval_loss": outcome.evals[-1][1] if outcome.evals else None, "evals": outcome.evals,
             "seconds": round(outcome.seconds, 1), "run_dir": str(outcome.run_dir), "message": outcome.message}
 
 
@@ -244,7 +244,7 @@ def run_sweep(cfg: RunConfig, budget_s: float, max_trials: int | None = None, sp
 def finish(out_dir: Path, record: dict, trials: list[dict]) -> SweepResult:
     """Pick the best complete trial, link it, write sweep.json, the table and the plot."""
     complete = [t for t in trials if t["state"] == "complete" and t["value"] is not None]
-    best = min(complete, key=lambda t: t["value"]) if complete else None
+    best = min(complete, key=lambda t: (t["value"], t.get("kept_eval_loss") or math.inf)) if complete else None
     print_table(trials, best["number"] if best else None)
     plot = plot_trials(trials, best["number"] if best else None, out_dir / "sweep.png")
     record.update({"best": best, "plot": str(plot) if plot else None})
@@ -255,5 +255,5 @@ def finish(out_dir: Path, record: dict, trials: list[dict]) -> SweepResult:
         raise UserError(f"{out_dir}: no trial finished within the budget ({len(trials)} started){detail}",
                         "raise --budget, or shorten trials (fewer rows, a smaller data.max_seq_len)")
     link = link_best(out_dir, Path(best["run_dir"]))
-    print(f"best: trial {best['number']} (validation loss {best['value']:.4f}) -> {link}")
+    print(f"best: trial {best['number']} ({best['metric']} {best['score']:.4f}) -> {link}")
     return SweepResult(out_dir, link, best, trials)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..train.metrics_log import metrics_path, read_metrics
+from ..train.state import selection_error
 
 POLL_SECONDS = 0.5
 STOP_GRACE_SECONDS = 10  # a trainer that ignores SIGTERM this long is killed
@@ -58,7 +59,10 @@ class TrialOutcome:
     run_dir: Path
     seconds: float
     evals: list[tuple[float, float]] = field(default_factory=list)  # (epoch, eval_loss) as logged
-    value: float | None = None  # validation loss of the weights the run kept (complete runs)
+    value: float | None = None  # the kept weights' validation error by the run's best_metric: Optuna minimizes it
+    metric: str = "eval_loss"  # the run's train.best_metric
+    score: float | None = None  # that metric's value for the kept weights (the loss, or an accuracy)
+    kept_eval_loss: float | None = None  # their validation loss: breaks ties of a coarse metric between trials
     message: str = ""
     startup_s: float | None = None  # from launch to the first logged step (loading, tokenizing, range test)
     stepping: tuple[float, float] = (0.0, 0.0)  # (seconds, epochs) of logged steps: the budget's pace
@@ -93,15 +97,33 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def kept_eval_loss(run_dir: Path, evals: list[tuple[float, float]]) -> float | None:
-    """The validation loss of the weights the run saved: the best one after early stopping, else the last."""
+@dataclass(frozen=True)
+class Kept:
+    """The validation of the weights a run kept, by its best_metric."""
+
+    metric: str
+    score: float
+    eval_loss: float
+
+    @property
+    def error(self) -> float:
+        return selection_error(self.metric, self.score)
+
+
+def kept_validation(run_dir: Path, last_eval: dict | None) -> Kept | None:
+    """The kept weights' validation: the best evaluation's when the run kept it (early stopping), else the last one's."""
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
-        return evals[-1][1] if evals else None
+        summary = {}
+    metric = summary.get("best_metric") or "eval_loss"
     best_kept = summary.get("stopped_early") or (summary.get("best_step") is not None and summary.get("weights_step") == summary.get("best_step"))
-    key = "best_eval_loss" if best_kept else "final_eval_loss"
-    return summary.get(key) if summary.get(key) is not None else (evals[-1][1] if evals else None)
+    if best_kept and summary.get("best_eval_loss") is not None:
+        score = summary.get("best_score", summary["best_eval_loss"])
+        return Kept(metric, float(score), float(summary["best_eval_loss"]))
+    if last_eval is None or metric not in last_eval:
+        return None
+    return Kept(metric, float(last_eval[metric]), float(last_eval["eval_loss"]))
 
 
 def log_tail(path: Path) -> str:
@@ -119,6 +141,7 @@ class Watch:
                  trust_after_s: float = MIN_PACE_SECONDS):
         self.on_eval, self.deadline, self.pace = on_eval, deadline, Pace(planned_epochs, trust_after_s)
         self.evals: list[tuple[float, float]] = []
+        self.last_eval: dict | None = None  # the latest evaluation's row, every metric in it
         self.message = ""
 
     @property
@@ -133,6 +156,7 @@ class Watch:
             self.message = f"stopped: at its pace it would end {(end - self.deadline) / 60:.1f} min after the budget"
             return "budget"
         if "eval_loss" in row:
+            self.last_eval = row
             self.evals.append((float(row["epoch"]), float(row["eval_loss"])))
             if self.on_eval(*self.evals[-1]) and judge:
                 return "pruned"
@@ -172,8 +196,9 @@ def run_trial(command: list[str], run_dir: Path, on_eval: Callable[[float, float
     outcome = TrialOutcome(state, run_dir, time.monotonic() - started, watch.evals, message=watch.message,
                            startup_s=first[0] - started if first else None,
                            stepping=watch.pace.stepping())
-    if state == "complete":
-        outcome.value = kept_eval_loss(run_dir, watch.evals)
+    kept = kept_validation(run_dir, watch.last_eval) if state == "complete" else None
+    if kept is not None:
+        outcome.value, outcome.metric, outcome.score, outcome.kept_eval_loss = kept.error, kept.metric, kept.score, kept.eval_loss
     elif state == "failed":
         outcome.message = log_tail(log_path)
     return outcome

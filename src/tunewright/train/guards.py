@@ -65,12 +65,23 @@ def reconcile_resume(requested: RunConfig, run_dir: Path) -> tuple[RunConfig, bo
     saved_path = Path(run_dir) / "config.yaml"
     if not saved_path.is_file():
         return requested, False
-    saved = load_config(saved_path)
+    saved = written_before_best_metric(load_config(saved_path))
     merged = merge_resume_request(requested, saved)
     extended = _length(merged) != _length(saved)
     if extended:
         Console(stderr=True, highlight=False).print(f"[yellow]warning:[/] {extend_warning(saved, merged)}")
     return merged, extended
+
+
+def written_before_best_metric(saved: RunConfig) -> RunConfig:
+    """A run folder from before `train.best_metric` chose its best evaluation by the loss: it resumes doing so.
+
+    Its config.yaml lacks the key, which would otherwise resolve afresh (exact match for short answers) and set a
+    new metric against the best score its trainer_state.json holds, a loss.
+    """
+    if "best_metric" not in saved.train.model_fields_set:
+        saved.train.best_metric = "eval_loss"
+    return saved
 
 
 def extend_warning(saved: RunConfig, merged: RunConfig) -> str:

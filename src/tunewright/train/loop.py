@@ -253,7 +253,7 @@ def run_training(model, train: list, validation: list, cfg: ResolvedRunConfig,
                    **objective.step_metrics(accelerator, stats, step_weight)}
             if val_batches and (state.step % t.eval_every == 0 or state.step == total):
                 row.update(objective.evaluate(loss_module, val_batches, device))
-                if state.record_eval(row["eval_loss"]) and t.early_stopping_patience:
+                if state.record_eval(row, t.best_metric) and t.early_stopping_patience:
                     best_weights = _cpu_copy(accelerator.unwrap_model(model))
             result.final_loss = step_loss
             result.final_eval_loss = row.get("eval_loss", result.final_eval_loss)

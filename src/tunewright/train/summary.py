@@ -39,6 +39,8 @@ def build_summary(result: LoopResult, wall_seconds: float, params, cfg) -> dict:
         "final_train_loss": result.final_loss,
         "final_eval_loss": result.final_eval_loss,
         "best_eval_loss": s.best_eval_loss,
+        "best_metric": cfg.train.best_metric,  # what chose the best evaluation
+        "best_score": s.best_score,  # its value there
         "best_checkpoint": s.best_checkpoint,
         "best_step": s.best_step,
         "stopped_early": result.stopped_early,
@@ -58,6 +60,10 @@ def print_summary(summary: dict, run_dir: Path, console: Console | None = None) 
         ("trainable params", f"{summary['trainable_params']:,} of {summary['total_params']:,}"),
         ("final train loss", fmt(summary["final_train_loss"])), ("final validation loss", fmt(summary["final_eval_loss"])),
     ]
+    if summary.get("best_step") is not None:
+        best = (f"step {summary['best_step']}: {summary['best_metric']} {fmt(summary['best_score'])} "
+                f"(weights kept from step {summary['weights_step']})")
+        rows.append(("best evaluation", best))
     for k, v in rows:
         table.add_row(k, fmt(v) if not isinstance(v, str) else v)
     console.print(table)
