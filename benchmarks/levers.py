@@ -59,6 +59,8 @@ VARIANTS = {
     # bf16 autocast as the loop runs it on bf16 CPUs: the fp32 base cast in every forward, or stored in bf16 once
     "bf16": {"precision": "bf16"},
     "bf16_base": {"precision": "bf16", "bf16_base": True},
+    # every frozen weight in bf16 (embeddings and norms too), so the residual stream itself is bf16 (torchtune's default)
+    "bf16_residual": {"precision": "bf16", "bf16_base": "all", "lora": "fused"},
     # train.fused_lora: each LoRA layer's training forward as one op (train/fused_lora.py) instead of PEFT's
     "fused_lora": {"lora": "fused"},
     "bf16_fused_lora": {"precision": "bf16", "lora": "fused"},
@@ -77,6 +79,7 @@ LEVERS = {
     "optimizer": ["default", "adamw_fused", "adamw_foreach"],
     "compile": ["best", "best_compile"],
     "bf16_base": ["bf16", "bf16_base"],
+    "bf16_residual": ["bf16_fused_lora", "bf16_residual"],
     "fused_lora": ["default", "fused_lora", "bf16", "bf16_fused_lora"],
     "layer_compile": ["loop_bf16", "loop_bf16_layer_compile"],
 }
@@ -112,7 +115,11 @@ def run_variant(name: str, args) -> dict:
 
     model_dir, tokenizer, cfg, examples = _examples(args.model, args.data, args.max_len)
     model = apply_method(load_model(model_dir), cfg)
-    if v["bf16_base"]:
+    if v["bf16_base"] == "all":
+        for p in model.parameters():
+            if not p.requires_grad:
+                p.data = p.data.to(torch.bfloat16)
+    elif v["bf16_base"]:
         from tunewright.train.frozen_base import store_frozen_base_in_bf16
 
         store_frozen_base_in_bf16(model)
@@ -239,13 +246,15 @@ def interleaved(args, names: list[str]) -> dict:
                     m.lora_dropout[n] = d
 
     weights = {False: {n: p.data for n, p in model.named_parameters()}}  # bf16_base off / on: the same values either way
-    if any(VARIANTS[n].get("bf16_base") for n in names):
+    if any(VARIANTS[n].get("bf16_base") is True for n in names):
         from tunewright.train.frozen_base import store_frozen_base_in_bf16
 
         store_frozen_base_in_bf16(model)
         weights[True] = {n: p.data for n, p in model.named_parameters()}
+    if any(VARIANTS[n].get("bf16_base") == "all" for n in names):
+        weights["all"] = {n: p.data if p.requires_grad else p.data.to(torch.bfloat16) for n, p in model.named_parameters()}
 
-    def set_base(bf16: bool) -> None:
+    def set_base(bf16) -> None:
         for n, p in model.named_parameters():
             p.data = weights[bf16][n]
 
@@ -397,6 +406,9 @@ def main(argv: list[str] | None = None) -> dict:
     if "interleaved_bf16" in wanted:
         report["interleaved_bf16"] = _child("interleaved", "bf16+bf16_base", args)
         print("interleaved_bf16", json.dumps(report["interleaved_bf16"], indent=1), file=sys.stderr)
+    if "interleaved_residual" in wanted:  # bf16 residual stream (every frozen weight bf16) against autocast over fp32
+        report["interleaved_residual"] = _child("interleaved", "bf16_fused_lora+bf16_residual", args)
+        print("interleaved_residual", json.dumps(report["interleaved_residual"], indent=1), file=sys.stderr)
     if "interleaved_lora" in wanted:  # the fused LoRA op against PEFT's forward, fp32 and bf16, under the same load
         report["interleaved_lora"] = _child("interleaved", "default+fused_lora+bf16+bf16_fused_lora", args)
         print("interleaved_lora", json.dumps(report["interleaved_lora"], indent=1), file=sys.stderr)

@@ -75,8 +75,9 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool = False
     chunked_loss: bool = True
     # true: lora/dora trained in bf16 store the frozen base linear weights in bf16 (adapter and optimizer stay
-    # fp32) instead of autocast casting them in every forward; off until it measures faster (docs/performance.md)
-    bf16_base: bool = False
+    # fp32) instead of autocast casting them in every forward; all: every frozen weight (embeddings, norms too),
+    # so the residual stream is bf16 as in a model loaded in bf16 (train/frozen_base.py, docs/performance.md)
+    bf16_base: bool | Literal["all"] = False
     # LoRA on CPU: each adapted layer's training forward as one op (train/fused_lora.py) that keeps a 1-byte mask
     # instead of a dropped-out copy of its input; same maths, 0.4-0.6 GB less, 1.05x fp32 / 1.005x bf16 quiet
     # (docs/performance.md). Not wired in on GPU (not measured there)

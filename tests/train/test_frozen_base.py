@@ -32,6 +32,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 needs_bf16 = pytest.mark.skipif(not native_bf16(DEVICE), reason=f"no native bf16 on {DEVICE.type}: emulated bf16 is ~100x slower")
 LORA_RTOL = 1e-6
 DORA_RTOL = 1e-3
+RESIDUAL_RTOL = 1e-2
 SETS = {"train.precision": "bf16", "train.max_steps": 6, "train.batch_size": 8, "train.learning_rate": 1e-2,
         "lora.dropout": 0.1, "train.threads": 1, "eval.after_train": "false", "train.save_every": 3,
         "train.eval_every": 3, "train.save_total_limit": 5, "train.warmup_ratio": 0.0, "train.bf16_base": "true"}
@@ -132,6 +133,62 @@ def test_lora_on_a_bf16_stored_base_trains_exactly_as_autocast_casting_the_fp32_
     ids = torch.tensor([[5, 17, 42, 99, 7, 300]])
     with torch.no_grad():
         torch.testing.assert_close(stock(ids).logits, results["bf16"].model(ids).logits, atol=0, rtol=0)
+
+
+class ResidualSpy:
+    """The dtype of each decoder layer's output (the residual stream) in the training forwards."""
+
+    def __init__(self, monkeypatch):
+        self.dtypes: set[torch.dtype] = set()
+        original = run_module.run_training
+        spy = self
+
+        def hooked(model, *args, **kwargs):
+            handles = [layer.register_forward_hook(spy._record) for layer in model.get_base_model().model.layers]
+            try:
+                return original(model, *args, **kwargs)
+            finally:
+                for h in handles:
+                    h.remove()
+
+        monkeypatch.setattr(run_module, "run_training", hooked)
+
+    def _record(self, module, inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        if torch.is_grad_enabled():
+            self.dtypes.add(hidden.dtype)
+
+
+@needs_bf16
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_bf16_base_all_trains_with_a_bf16_residual_stream_within_the_stated_bound(tiny_model_dir, data, tmp_path, monkeypatch, method):
+    spy, residual = DtypeSpy(monkeypatch), ResidualSpy(monkeypatch)
+    runs, results = {}, {}
+    for mode in ("all", "false"):
+        residual.dtypes.clear()
+        runs[mode] = tmp_path / mode
+        results[mode] = train(_cfg(tiny_model_dir, data, runs[mode], method=method, train__bf16_base=mode))
+        if mode == "all":
+            assert residual.dtypes == {torch.bfloat16}, "every decoder layer hands on a bf16 residual stream"
+    assert residual.dtypes == {torch.float32}, "autocast over the fp32 base keeps the residual stream fp32"
+    on_all, on_fp32 = spy.seen
+    assert set(on_all["frozen"].values()) == {torch.bfloat16}, "embeddings, norms and linear weights are all stored in bf16"
+    assert set(on_all["trainable"].values()) == {torch.float32}, "LoRA weights stay fp32 masters"
+    assert set(on_fp32["frozen"].values()) == {torch.float32}
+    assert results["all"].summary["frozen_base_bf16"]
+
+    losses = {k: [row["loss"] for row in _metrics(r)] for k, r in runs.items()}
+    evals = {k: [row["eval_loss"] for row in _metrics(r) if "eval_loss" in row] for k, r in runs.items()}
+    relative = max(_relative(losses["all"], losses["false"]), _relative(evals["all"], evals["false"]))
+    print(f"{method}, bf16 residual stream vs autocast over fp32: max relative loss difference {relative:.1e}")
+    assert len(losses["all"]) == 6 and relative <= RESIDUAL_RTOL, losses
+    assert losses["all"] != losses["false"], "a bf16 residual stream rounds differently: the test would not see the mode"
+
+    # after training the base is back exactly as loaded, embeddings and norms included
+    fresh = _fresh_weights(tiny_model_dir)
+    for name, p in results["all"].model.get_base_model().named_parameters():
+        if "lora_" not in name and "magnitude" not in name:
+            assert p.dtype == torch.float32 and torch.equal(p, fresh[name.replace(".base_layer.", ".")]), name
 
 
 @needs_bf16

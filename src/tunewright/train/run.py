@@ -22,7 +22,7 @@ from . import distributed
 from .frozen_base import (
     bf16_base_applies,
     restore_frozen_base,
-    store_frozen_base_in_bf16,
+    store_frozen_base,
 )
 from .guards import check_output_dir, reconcile_resume
 from .hparams import DataShape, native_bf16, resolve_with_reasons
@@ -159,7 +159,7 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
     torch.set_num_threads(resolved.train.threads)  # once, here: `auto` counts the cores left idle after loading
     model = apply_method(model, resolved)
     # bf16 autocast would cast the frozen base in every forward: store it in bf16 once (put back after training)
-    stored_base = store_frozen_base_in_bf16(model) if bf16_base_applies(resolved, accelerator.mixed_precision) else None
+    stored_base = store_frozen_base(model, resolved) if bf16_base_applies(resolved, accelerator.mixed_precision) else None
     # attention per example inside packed rows instead of a dense mask (put back after training)
     own_attention = use_per_example_attention(model) if resolved.train.attention == "per_example" else None
     measured = None
