@@ -61,6 +61,16 @@ def wait_for(client, job_id: str, statuses: tuple[str, ...], timeout: float = 24
     raise AssertionError(f"job {job_id} still {job.status} after {timeout}s")
 
 
+def wait_for_event(client, job_id: str, message: str, timeout: float = 30) -> list[str]:
+    """The job's event messages once `message` is among them, or as they stand at the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = [e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=100)]
+        if message in events or time.monotonic() > deadline:
+            return events
+        time.sleep(0.2)
+
+
 class JobServer:
     """A server with the jobs API on, restartable on the same database.
 
@@ -147,8 +157,9 @@ def saved_state(run_dir: Path) -> tuple[int, list[str]]:
 def assert_resumed(server: JobServer, job_id: str, step: int, lines: list[str], timeout: float = 240) -> None:
     """The re-queued job was restarted with --resume and continued after `step`, keeping the logged steps before it."""
     wait_for(server.client, job_id, ("running",))
-    events = [e.message for e in server.client.fine_tuning.jobs.list_events(job_id, limit=100)]
-    assert "Fine-tuning job started (resuming)" in events
+    # a job is 'running' from the moment a runner claims it; the trainer's pid and this event follow its start
+    events = wait_for_event(server.client, job_id, "Fine-tuning job started (resuming)")
+    assert "Fine-tuning job started (resuming)" in events, events
     pid = server.job_row(job_id)["pid"]
     assert "--resume" in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
     metrics = Path(server.job_row(job_id)["run_dir"]) / "metrics.jsonl"
