@@ -186,6 +186,9 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
         restore_frozen_base(model, stored_base, model_dir, decided.trust_remote_code)
     gathered = distributed.gather_model(model)  # a sharded model's full weights (every process takes part)
     summary_distributed = distributed.describe(accelerator)  # before end_training ends the process group
+    # every process done with its last collective before any tears the group down: one process leaving gloo while
+    # its peer still finished the gather aborted once in CI ("terminate called without an active exception")
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     outputs = {}
     if accelerator.is_main_process:
