@@ -78,6 +78,9 @@ class TrainConfig(_Section):
     # fp32) instead of autocast casting them in every forward; all: every frozen weight (embeddings, norms too),
     # so the residual stream is bf16 as in a model loaded in bf16 (train/frozen_base.py, docs/performance.md)
     bf16_base: bool | Literal["all"] = False
+    # NEFTune: uniform noise on the input embeddings while training, alpha / sqrt(example length x hidden size)
+    # (train/neftune.py; TRL's neftune_noise_alpha, 5 in its paper); 0 = off
+    neftune_alpha: float = Field(0.0, ge=0.0)
     # LoRA on CPU: each adapted layer's training forward as one op (train/fused_lora.py) that keeps a 1-byte mask
     # instead of a dropped-out copy of its input; same maths, 0.4-0.6 GB less, 1.05x fp32 / 1.005x bf16 quiet
     # (docs/performance.md). Not wired in on GPU (not measured there)

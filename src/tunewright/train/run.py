@@ -35,6 +35,7 @@ from .methods import (
     is_adapter_method,
     quantization_config,
 )
+from .neftune import add_embedding_noise
 from .packed_attention import restore_attention, use_per_example_attention
 from .summary import already_finished, build_summary, plot_loss_curve, print_summary
 from .trackers import check_trackers_installed, tracker_hparams
@@ -162,6 +163,7 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
     stored_base = store_frozen_base(model, resolved) if bf16_base_applies(resolved, accelerator.mixed_precision) else None
     # attention per example inside packed rows instead of a dense mask (put back after training)
     own_attention = use_per_example_attention(model) if resolved.train.attention == "per_example" else None
+    noise = add_embedding_noise(model, resolved.train.neftune_alpha) if resolved.train.neftune_alpha > 0 else None
     measured = None
     if decided.train.learning_rate == "auto" and range_test_applies(resolved, accelerator.num_processes):
         measured = measure_learning_rate(model, data.train, resolved, accelerator, tokenizer.pad_token_id, run_dir)
@@ -180,6 +182,8 @@ def train(cfg: RunConfig, resume: bool = False) -> RunResult:
 
     result = run_training(model, data.train, data.validation, run_cfg, run_dir, accelerator, tokenizer.pad_token_id, resume_from)
     model = accelerator.unwrap_model(model)
+    if noise is not None:
+        noise.remove()
     if own_attention is not None:
         restore_attention(model, own_attention)
     if stored_base is not None:  # evaluation, RunResult.model and merges see the base as loaded, not bf16-rounded
