@@ -100,6 +100,16 @@ def save_tiny(tmp: Path, family: str = "chatml", seed: int = 0, layers: int = 2)
     return out
 
 
+WORDS = ["apple", "river", "stone", "cloud", "green", "tiger", "paper", "light"]
+
+
+def repeat_word_rows(n: int, offset: int = 0) -> list[dict]:
+    """`n` chats asking to repeat a word three times, cycling over WORDS from `offset`: learnt in a few steps."""
+    words = [WORDS[i % len(WORDS)] for i in range(offset, offset + n)]
+    return [{"messages": [{"role": "user", "content": f"Repeat the word {w}."}, {"role": "assistant", "content": f"{w} {w} {w}"}]}
+            for w in words]
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

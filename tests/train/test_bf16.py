@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 import yaml
-from helpers import write_jsonl
+from helpers import repeat_word_rows, write_jsonl
 
 from tunewright.config import load_config
 from tunewright.train import train
@@ -30,11 +30,6 @@ pytestmark = pytest.mark.skipif(
 # is about 14x the measurement and a quarter of one bf16 rounding step, room for other CPUs' kernels.
 BF16_LOSS_RTOL = 1e-3
 
-
-def _rows() -> list[dict]:
-    words = ["apple", "river", "stone", "cloud", "green", "tiger", "paper", "light"] * 6
-    return [{"messages": [{"role": "user", "content": f"Repeat the word {w}."}, {"role": "assistant", "content": f"{w} {w} {w}"}]}
-            for w in words]
 
 
 def _train(model_dir, data, out, precision: str):
@@ -55,7 +50,7 @@ def test_bf16_training_runs_in_bf16_autocast_and_follows_the_fp32_loss_curve(tin
         return select(hidden, labels)
 
     monkeypatch.setattr(loop, "select_trained_positions", spy)
-    data = write_jsonl(tmp_path / "train.jsonl", _rows())
+    data = write_jsonl(tmp_path / "train.jsonl", repeat_word_rows(48))
     losses, seen = {}, {}
     for precision in ("fp32", "bf16"):
         autocast_seen.clear()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_same_adapter, write_jsonl
+from helpers import assert_same_adapter, repeat_word_rows, write_jsonl
 
 import tunewright.train.checkpoint as ckpt
 from tunewright.config import load_config
@@ -31,11 +31,6 @@ SETS = {"train.max_steps": 6, "train.save_every": 2, "train.eval_every": 2, "tra
         "eval.after_train": "false"}
 PAGE = 4096  # tmpfs hands out whole pages
 
-
-def _rows(n: int, offset: int = 0) -> list[dict]:
-    words = ["apple", "river", "stone", "cloud", "green", "tiger", "paper", "light"] * 20
-    return [{"messages": [{"role": "user", "content": f"Repeat the word {w}."}, {"role": "assistant", "content": f"{w} {w} {w}"}]}
-            for w in words[offset:offset + n]]
 
 
 @pytest.fixture
@@ -87,8 +82,8 @@ def _assert_one_clear_message(out: subprocess.CompletedProcess, what: str, last_
 
 
 def test_a_full_disk_mid_run_keeps_every_checkpoint_and_resume_finishes_the_run(tiny_model_dir, tmp_path, disk):
-    data = {"train": str(write_jsonl(tmp_path / "train.jsonl", _rows(48))),
-            "validation": str(write_jsonl(tmp_path / "val.jsonl", _rows(8, offset=3)))}
+    data = {"train": str(write_jsonl(tmp_path / "train.jsonl", repeat_word_rows(48))),
+            "validation": str(write_jsonl(tmp_path / "val.jsonl", repeat_word_rows(8, offset=3)))}
     straight = tmp_path / "straight"
     sets = {**SETS, "data.validation": data["validation"]}
     train(load_config(model=str(tiny_model_dir), data__train=data["train"], output_dir=str(straight),

@@ -20,7 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import assert_same_adapter, build_tiny_model, build_tokenizer, write_jsonl
+from helpers import (
+    assert_same_adapter,
+    build_tiny_model,
+    build_tokenizer,
+    repeat_word_rows,
+    write_jsonl,
+)
 
 from tunewright.config import load_config
 from tunewright.train import run as run_module
@@ -38,16 +44,11 @@ SETS = {"train.precision": "bf16", "train.max_steps": 6, "train.batch_size": 8, 
         "train.eval_every": 3, "train.save_total_limit": 5, "train.warmup_ratio": 0.0, "train.bf16_base": "true"}
 
 
-def _rows(n: int, offset: int = 0) -> list[dict]:
-    words = ["apple", "river", "stone", "cloud", "green", "tiger", "paper", "light"] * 8
-    return [{"messages": [{"role": "user", "content": f"Repeat the word {w}."}, {"role": "assistant", "content": f"{w} {w} {w}"}]}
-            for w in words[offset:offset + n]]
-
 
 @pytest.fixture
 def data(tmp_path) -> dict:
-    return {"train": str(write_jsonl(tmp_path / "train.jsonl", _rows(32))),
-            "validation": str(write_jsonl(tmp_path / "val.jsonl", _rows(6, offset=3)))}
+    return {"train": str(write_jsonl(tmp_path / "train.jsonl", repeat_word_rows(32))),
+            "validation": str(write_jsonl(tmp_path / "val.jsonl", repeat_word_rows(6, offset=3)))}
 
 
 def _cfg(model_dir, data, out, **sets):

@@ -236,15 +236,13 @@ def test_a_training_run_with_the_fused_op_matches_one_without(precision, rtol, t
     fp32: 1e-5 relative (summation order). bf16: 1e-3 relative on the losses, the bound
     tests/train/test_bf16.py holds bf16 to against fp32; adapters within 2e-2 of their norm.
     """
-    from helpers import write_jsonl
+    from helpers import repeat_word_rows, write_jsonl
 
     from tunewright.train.hparams import native_bf16
 
     if precision == "bf16" and not native_bf16(torch.device("cpu")):
         pytest.skip("no native bf16 on this CPU (emulated bf16 is ~100x slower)")
-    words = ["apple", "river", "stone", "cloud", "green", "tiger", "paper", "light"] * 6
-    data = write_jsonl(tmp_path / "train.jsonl", [{"messages": [{"role": "user", "content": f"Repeat the word {w}."},
-                                                                {"role": "assistant", "content": f"{w} {w} {w}"}]} for w in words])
+    data = write_jsonl(tmp_path / "train.jsonl", repeat_word_rows(48))
     calls = _count_fused_calls(monkeypatch)
     fused_losses, fused_adapter = _losses_and_adapter(tiny_model_dir, data, tmp_path / "fused", precision, fused=True)
     assert calls[0] > 0, "the fused run must use the fused op"

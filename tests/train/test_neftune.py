@@ -10,7 +10,13 @@ import math
 import pytest
 import torch
 import yaml
-from helpers import assert_same_adapter, build_tiny_model, build_tokenizer, write_jsonl
+from helpers import (
+    assert_same_adapter,
+    build_tiny_model,
+    build_tokenizer,
+    repeat_word_rows,
+    write_jsonl,
+)
 from peft import LoraConfig, get_peft_model
 
 import tunewright.train.checkpoint as ckpt
@@ -71,17 +77,12 @@ def test_noise_reaches_both_training_paths_and_never_evaluation(lora_model):
     assert torch.equal(model(**batch).logits, clean_logits), "noise outlived its handle"
 
 
-def _rows(n: int, offset: int = 0) -> list[dict]:
-    words = ["apple", "river", "stone", "cloud", "green", "tiger", "paper", "light"] * 8
-    return [{"messages": [{"role": "user", "content": f"Repeat the word {w}."}, {"role": "assistant", "content": f"{w} {w} {w}"}]}
-            for w in words[offset:offset + n]]
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("data")
-    return {"train": str(write_jsonl(root / "train.jsonl", _rows(32))),
-            "validation": str(write_jsonl(root / "val.jsonl", _rows(6, offset=3)))}
+    return {"train": str(write_jsonl(root / "train.jsonl", repeat_word_rows(32))),
+            "validation": str(write_jsonl(root / "val.jsonl", repeat_word_rows(6, offset=3)))}
 
 
 def _cfg(model_dir, data, out, **extra):

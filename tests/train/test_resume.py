@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import assert_same_adapter, write_jsonl
+from helpers import assert_same_adapter, repeat_word_rows, write_jsonl
 from safetensors.torch import load_file
 
 import tunewright.train.checkpoint as ckpt
@@ -36,17 +36,12 @@ class Crash(Exception):
     """Stands in for a kill right after a checkpoint was written."""
 
 
-def _rows(n: int, offset: int = 0) -> list[dict]:
-    words = ["apple", "river", "stone", "cloud", "green", "tiger", "paper", "light"] * 20
-    return [{"messages": [{"role": "user", "content": f"Repeat the word {w}."}, {"role": "assistant", "content": f"{w} {w} {w}"}]}
-            for w in words[offset:offset + n]]
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("data")
-    return {"train": str(write_jsonl(root / "train.jsonl", _rows(48))),
-            "validation": str(write_jsonl(root / "val.jsonl", _rows(8, offset=3)))}
+    return {"train": str(write_jsonl(root / "train.jsonl", repeat_word_rows(48))),
+            "validation": str(write_jsonl(root / "val.jsonl", repeat_word_rows(8, offset=3)))}
 
 
 def _cfg(model_dir, data, out, **extra):
