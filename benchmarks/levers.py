@@ -115,14 +115,10 @@ def run_variant(name: str, args) -> dict:
 
     model_dir, tokenizer, cfg, examples = _examples(args.model, args.data, args.max_len)
     model = apply_method(load_model(model_dir), cfg)
-    if v["bf16_base"] == "all":
-        for p in model.parameters():
-            if not p.requires_grad:
-                p.data = p.data.to(torch.bfloat16)
-    elif v["bf16_base"]:
+    if v["bf16_base"]:
         from tunewright.train.frozen_base import store_frozen_base_in_bf16
 
-        store_frozen_base_in_bf16(model)
+        store_frozen_base_in_bf16(model, everything=v["bf16_base"] == "all")
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=v["precision"] == "bf16")
     if v["dropout"] == "fast":
         use_fast_lora_dropout(model)
@@ -245,18 +241,18 @@ def interleaved(args, names: list[str]) -> dict:
                 for n, d in (fast_drops if kind == "fast" else peft_drops)[id(m)].items():
                     m.lora_dropout[n] = d
 
-    weights = {False: {n: p.data for n, p in model.named_parameters()}}  # bf16_base off / on: the same values either way
-    if any(VARIANTS[n].get("bf16_base") is True for n in names):
-        from tunewright.train.frozen_base import store_frozen_base_in_bf16
-
-        store_frozen_base_in_bf16(model)
-        weights[True] = {n: p.data for n, p in model.named_parameters()}
-    if any(VARIANTS[n].get("bf16_base") == "all" for n in names):
-        weights["all"] = {n: p.data if p.requires_grad else p.data.to(torch.bfloat16) for n, p in model.named_parameters()}
+    weights = {False: {n: p.data for n, p in model.named_parameters()}}  # per bf16_base value: the same values either way
 
     def set_base(bf16) -> None:
         for n, p in model.named_parameters():
             p.data = weights[bf16][n]
+
+    for mode in {VARIANTS[n].get("bf16_base", False) for n in names} - {False}:
+        from tunewright.train.frozen_base import store_frozen_base_in_bf16
+
+        store_frozen_base_in_bf16(model, everything=mode == "all")
+        weights[mode] = {n: p.data for n, p in model.named_parameters()}
+        set_base(False)
 
     loss_module = TokenLoss(model)
     loss_module.train()

@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import torch
 
+from .packed_attention import example_starts
+
 
 def example_lengths_per_token(position_ids: torch.Tensor) -> torch.Tensor:
-    """(B, T) -> (B, T): the length of the example each token belongs to.
-
-    A new example starts wherever a position is not the previous one plus one (and at each row's start).
-    """
-    starts = torch.ones_like(position_ids, dtype=torch.bool)
-    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
-    example = starts.flatten().cumsum(0) - 1
+    """(B, T) -> (B, T): the length of the example each token belongs to (examples split as packed attention splits them)."""
+    example = example_starts(position_ids).flatten().cumsum(0) - 1
     return torch.bincount(example)[example].view_as(position_ids)
 
 

@@ -42,6 +42,14 @@ PER_EXAMPLE = "tunewright_per_example"
 _last_segments: list = [None, None, None]  # (position_ids, its version, lengths): one forward's layers share the split
 
 
+def example_starts(position_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: where an example starts, by transformers' `find_packed_sequence_indices` rule: wherever a
+    position is not the previous one plus one, and at each row's start."""
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    return starts
+
+
 def example_lengths(position_ids: torch.Tensor) -> list[list[int]]:
     """Per row, the lengths of its runs of consecutive positions: the examples (and pad tail) transformers masks apart.
 
@@ -51,8 +59,7 @@ def example_lengths(position_ids: torch.Tensor) -> list[list[int]]:
     version = position_ids._version
     if _last_segments[0] is position_ids and _last_segments[1] == version:
         return _last_segments[2]
-    starts = torch.ones_like(position_ids, dtype=torch.bool)
-    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    starts = example_starts(position_ids)
     width = position_ids.shape[1]
     lengths = []
     for row in starts.cpu():
