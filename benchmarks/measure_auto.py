@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-HPARAMS = ("epochs", "max_steps", "learning_rate", "batch_size", "precision", "threads")
+HPARAMS = ("epochs", "max_steps", "learning_rate", "batch_size", "precision", "bf16_base", "threads")
 
 
 def tunewright() -> str:

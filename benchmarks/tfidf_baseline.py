@@ -49,14 +49,18 @@ def main() -> None:
     p.add_argument("--validation", required=True)
     p.add_argument("--test", required=True)
     p.add_argument("--features", choices=("words", "words+chars"), default="words+chars")
+    p.add_argument("--refit-on-validation", action="store_true",
+                   help="fit the final model on train + validation with the C validation chose (as a refit LoRA run sees both)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     start = time.perf_counter()
     train, val, test = read_examples(args.train), read_examples(args.validation), read_examples(args.test)
     val_acc = {c: accuracy(classifier(c, args.features).fit(*train), *val) for c in C_GRID}
     best_c = max(C_GRID, key=lambda c: (val_acc[c], -c))
-    model = classifier(best_c, args.features).fit(*train)
-    result = {"model": f"tfidf({args.features})+logreg", "C": best_c, "validation_accuracy": round(val_acc[best_c], 4),
+    final = [a + b for a, b in zip(train, val)] if args.refit_on_validation else train
+    model = classifier(best_c, args.features).fit(*final)
+    result = {"model": f"tfidf({args.features})+logreg", "fit_on": "train+validation" if args.refit_on_validation else "train",
+              "C": best_c, "validation_accuracy": round(val_acc[best_c], 4),
               "test_accuracy": round(accuracy(model, *test), 4), "n_test": len(test[1]),
               "seconds": round(time.perf_counter() - start, 1)}
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))

@@ -154,6 +154,24 @@ def test_the_range_test_stays_off_where_it_was_not_shown_to_win_or_was_asked_off
         assert "train.lr_range_test" not in why  # the user's own value carries no auto reason
 
 
+@pytest.mark.parametrize(("overrides", "stored", "shows"), [
+    (["train.precision=bf16"], "all", "all: every frozen weight"),
+    (["train.precision=bf16", "method=dora"], "all", "all: every frozen weight"),
+    (["train.precision=fp32"], False, "off: precision is fp32"),
+    (["train.precision=bf16", "method=full"], False, "off: full"),
+    (["train.precision=bf16", "method=qlora"], False, "off: qlora"),
+    (["train.precision=bf16", "train.distributed=fsdp"], False, "off: fsdp"),
+    (["train.precision=bf16", "train.bf16_base=true"], True, None),
+])
+def test_the_frozen_base_is_stored_in_bf16_for_lora_and_dora_trained_in_bf16_and_nowhere_else(overrides, stored, shows):
+    cfg, why = resolve_with_reasons(load_config(data__train="t.jsonl", overrides=overrides), CLASSIFY, 135_000_000, CPU)
+    assert cfg.train.bf16_base == stored
+    if shows:
+        assert why["train.bf16_base"].startswith(shows), why["train.bf16_base"]
+    else:
+        assert "train.bf16_base" not in why  # the user's own value carries no auto reason
+
+
 def _model_config(attention: str = "sdpa", **extra):
     from transformers import LlamaConfig
 

@@ -50,6 +50,9 @@ the CLI prints them. The rules (also in the README):
 - threads: the CPU cores that other processes leave idle when the run starts (at least 1), from
   the machine's CPU time over half a second minus our own (train/cpu_usage.py): an OpenMP thread
   that has to share a core made training 4-5x slower, not 2x.
+- bf16_base: all (every frozen weight stored in bf16; adapter and optimizer fp32) for LoRA/DoRA trained in bf16
+  without FSDP/DeepSpeed: 1.38x tokens/s and -25% memory at a 0.5B shape, 1.06-1.095x and -15% at 135M on an
+  avx512_bf16 CPU, validation loss level (docs/performance.md); off for fp32, qlora, full/freeze and sharding.
 - save_every: eval_every (so the best evaluation is usually a checkpoint too).
 - allocator: tcmalloc (else jemalloc) where installed and on Linux, preloaded by `tunewright train` restarting
   itself; glibc elsewhere. Recorded as what the process really runs with (allocator.py, docs/performance.md).
@@ -79,6 +82,7 @@ FORWARD_SHARE = 1 / 3  # a forward pass's cost per token against forward+backwar
 MIN_EVAL_EXAMPLES = 100  # a sampled validation loss on fewer rows is too noisy to stop on
 RANGE_TEST_STEPS = 30  # micro-batch steps of the learning-rate range test (train/lr_range.py)
 RANGE_TEST_SHARE = 0.10  # the most of the planned training tokens the learning-rate range test may cost
+BF16_BASE_METHODS = ("lora", "dora")  # qlora's base is 4-bit already; full/freeze keep fp32 masters of what they train
 RANGE_TEST_METHODS = ("lora", "dora", "qlora")  # where it was measured against the fixed rule (docs/auto.md)
 
 
@@ -226,6 +230,23 @@ def precision_choice(device: torch.device) -> Choice:
     if native_bf16(device):
         return "bf16", "bf16: this CPU has native bf16 (avx512_bf16/amx_bf16)"
     return "fp32", "fp32: this CPU has no native bf16 (emulated bf16 is ~100x slower)"
+
+
+def bf16_base_choice(cfg: RunConfig) -> Choice:
+    """`train.bf16_base: auto` (after precision and distributed are resolved): every frozen weight in bf16 where it applies.
+
+    Measured on an avx512_bf16 CPU (docs/performance.md, benchmarks/RESULTS.md): 1.38x tokens/s and 4.08 vs
+    5.45 GB at a 0.5B shape, 1.06-1.095x and -15% memory at 135M, validation loss level with autocast's;
+    storing only the linear weights (`true`) measured 0.92x at 135M, so `auto` never picks it.
+    """
+    if cfg.train.precision != "bf16":
+        return False, f"off: precision is {cfg.train.precision}"
+    if cfg.method not in BF16_BASE_METHODS:
+        return False, f"off: {cfg.method} keeps its own base (qlora: 4-bit) or trains it (full/freeze)"
+    if cfg.train.distributed != "ddp":
+        return False, f"off: {cfg.train.distributed} manages its own low-precision copies"
+    return "all", ("all: every frozen weight stored in bf16, adapter and optimizer fp32 (1.38x tokens/s, "
+                   "-25% memory at 0.5B; docs/performance.md)")
 
 
 def attention_choice() -> Choice:
@@ -429,6 +450,8 @@ def resolve_with_reasons(cfg: RunConfig, data: DataShape | int, n_params: int, d
         choose(t, "eval_examples", *auto_eval_examples(shape, int(t.batch_size), int(t.eval_every)))
     if t.save_every == "auto":
         choose(t, "save_every", t.eval_every, f"{t.eval_every}: with each evaluation")
+    if t.bf16_base == "auto":
+        choose(t, "bf16_base", *bf16_base_choice(cfg))
     if t.attention == "auto":
         choose(t, "attention", *attention_choice())
     if t.allocator == "auto" or t.allocator != loaded_allocator()[0]:  # config.yaml records what really ran
