@@ -33,7 +33,7 @@ import torch
 from rich.console import Console
 
 from ..config import ResolvedRunConfig
-from .hparams import BF16_BASE_METHODS
+from .hparams import bf16_base_obstacle
 
 STORED_DTYPE = torch.bfloat16
 
@@ -52,8 +52,7 @@ def bf16_base_applies(cfg: ResolvedRunConfig, mixed_precision: str) -> bool:
 
     FSDP and DeepSpeed flatten parameters per shard group and manage their own low-precision copies.
     """
-    return (cfg.train.bf16_base is not False and mixed_precision == "bf16" and cfg.method in BF16_BASE_METHODS
-            and cfg.train.distributed == "ddp")
+    return cfg.train.bf16_base is not False and mixed_precision == "bf16" and bf16_base_obstacle(cfg) is None
 
 
 def store_frozen_base(model, cfg: ResolvedRunConfig) -> StoredBase:

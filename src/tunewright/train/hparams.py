@@ -232,6 +232,17 @@ def precision_choice(device: torch.device) -> Choice:
     return "fp32", "fp32: this CPU has no native bf16 (emulated bf16 is ~100x slower)"
 
 
+def bf16_base_obstacle(cfg: RunConfig) -> str | None:
+    """Why a bf16-stored base cannot serve this run (resolved precision and distributed), or None where it can."""
+    if cfg.train.precision != "bf16":
+        return f"precision is {cfg.train.precision}"
+    if cfg.method not in BF16_BASE_METHODS:
+        return f"{cfg.method} keeps its own base (qlora: 4-bit) or trains it (full/freeze)"
+    if cfg.train.distributed != "ddp":
+        return f"{cfg.train.distributed} manages its own low-precision copies"
+    return None
+
+
 def bf16_base_choice(cfg: RunConfig) -> Choice:
     """`train.bf16_base: auto` (after precision and distributed are resolved): every frozen weight in bf16 where it applies.
 
@@ -239,12 +250,8 @@ def bf16_base_choice(cfg: RunConfig) -> Choice:
     5.45 GB at a 0.5B shape, 1.06-1.095x and -15% memory at 135M, validation loss level with autocast's;
     storing only the linear weights (`true`) measured 0.92x at 135M, so `auto` never picks it.
     """
-    if cfg.train.precision != "bf16":
-        return False, f"off: precision is {cfg.train.precision}"
-    if cfg.method not in BF16_BASE_METHODS:
-        return False, f"off: {cfg.method} keeps its own base (qlora: 4-bit) or trains it (full/freeze)"
-    if cfg.train.distributed != "ddp":
-        return False, f"off: {cfg.train.distributed} manages its own low-precision copies"
+    if (obstacle := bf16_base_obstacle(cfg)) is not None:
+        return False, f"off: {obstacle}"
     return "all", ("all: every frozen weight stored in bf16, adapter and optimizer fp32 (1.38x tokens/s, "
                    "-25% memory at 0.5B; docs/performance.md)")
 
