@@ -34,12 +34,13 @@ def _sigmoid_fall(lr: float, start: float = 6.0, floor: float = 1.5, centre: flo
 GRID_POINT = lr_schedule("lora", 30)[1] / lr_schedule("lora", 30)[0]  # x1.27
 
 
-def test_the_rate_halfway_down_the_fall_in_log_loss_is_chosen():
+def test_the_rate_sixty_percent_down_the_fall_in_log_loss_is_chosen():
     lrs = lr_schedule("lora", 30)
     lr, reason = pick_learning_rate(lrs, [_sigmoid_fall(x) for x in lrs])
-    halfway = 3e-4 * 2 ** 0.25  # 1.5 + 4.5 / (1 + x^4) = sqrt(6 * 1.5) = 3 at x = 2^(1/4)
-    assert halfway / 1.05 < lr < halfway * 1.05  # interpolated between grid points, rounded to two digits
-    assert "range test" in reason and "halfway" in reason
+    level = 6.0 * (1.5 / 6.0) ** 0.6  # 60% of the way from 6 down to 1.5, in log: 2.61
+    there = 3e-4 * (4.5 / (level - 1.5) - 1) ** 0.25  # where 1.5 + 4.5 / (1 + x^4) comes down to it
+    assert there / 1.05 < lr < there * 1.05  # interpolated between grid points, rounded to two digits
+    assert "range test" in reason and "60% of the way down" in reason
 
 
 def test_a_rise_after_the_bottom_does_not_move_the_pick():

@@ -38,7 +38,7 @@ the CLI prints them. The rules (also in the README):
   30 micro-batch steps cost at most 20% of the planned training tokens (target epochs, or max_steps):
   on both tasks of docs/auto.md it chose about 2.5x the fixed rate (4.9e-4 and 3e-4, with its earlier
   lowest-point pick) and reached a lower validation loss and a better held-out score than 2e-4. Its pick
-  (halfway down the loss's fall, `lr_range.pick_learning_rate`) is steadier across seeds than the rules before.
+  (60% of the way down the loss's fall, `lr_range.pick_learning_rate`) is steadier across seeds than the rules before.
   Off elsewhere: short runs (a quick try, tests), full/freeze and preference tuning, where it was
   never compared against the rule.
 - preference.beta: 0.1 (DPO paper, TRL and OpenAI's default; ORPO's lambda, same default in TRL).
