@@ -3,7 +3,8 @@
 For each --seeds x --threads pair this runs the real range test through `tunewright train` (one training
 step, no validation, no evaluation: the range test is what costs), then reads the run's lr_range.json and
 prints the picks of three rules on the same smoothed curve: a tenth of the rate at its single lowest point,
-a tenth of the centre of its bottom, and the rate halfway down its fall in log-loss (`descent_midpoint`).
+a tenth of the centre of its bottom, and the rule in use (`pick_learning_rate`: FALL_SHARE of the way
+down its fall in log-loss, none when no fall shows above the steps' noise).
 The seed sets the LoRA initialization and which batches the test's 30 steps see. A folder that already
 holds lr_range.json is only re-read (delete it to measure again), so a saved curve is re-derived offline
 (`--curves FILE...` re-derives the picks of saved lr_range.json files without running anything).
@@ -25,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure_auto import tunewright
 
-from tunewright.train.lr_range import crossing_rate, descent_midpoint, finite_steps
+from tunewright.train.lr_range import crossing_rate, finite_steps, pick_learning_rate
 
 BOTTOM_MARGIN = 0.03  # the bottom-centre rule's bottom: within this share of the loss's fall of its minimum ...
 BOTTOM_FLOOR_SHARE = 0.01  # ... and at least this share of the minimum (a curve that hardly fell)
@@ -33,8 +34,8 @@ BOTTOM_FLOOR_SHARE = 0.01  # ... and at least this share of the minimum (a curve
 
 def run_range_test(config: str, seed: int, threads: int, folder: Path) -> None:
     cmd = [tunewright(), "train", config, "--output", str(folder), "--set", "train.lr_range_test=true",
-           "--set", "train.max_steps=1", "--set", f"train.threads={threads}", "--set", f"train.seed={seed}", "--set", "data.validation=null",
-           "--set", "eval.after_train=false"]
+           "--set", "train.max_steps=1", "--set", f"train.threads={threads}", "--set", f"train.seed={seed}",
+           "--set", "data.validation=null", "--set", "eval.after_train=false"]
     print("$", " ".join(cmd), file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
 
@@ -71,10 +72,9 @@ def bottom_centre_rule(lrs: list[float], losses: list[float | None]) -> float:
 def picks(record: dict) -> dict:
     lrs, losses = record["lrs"], record["smoothed_losses"]
     low, high = bottom_of_curve(lrs, losses)
-    midpoint = descent_midpoint(lrs, losses)
     return {"steps": len(lrs), "lowest_point_rule": lowest_point_rule(lrs, losses),
             "bottom_centre_rule": bottom_centre_rule(lrs, losses), "bottom": [f"{low:.2e}", f"{high:.2e}"],
-            "descent_midpoint_rule": float(f"{midpoint[0]:.1e}") if midpoint else None,
+            "descent_midpoint_rule": pick_learning_rate(lrs, losses, record["raw_losses"])[0],
             "recorded_pick": record["chosen"], "seconds": record["seconds"]}
 
 

@@ -82,6 +82,11 @@ def step_noise(raw: list[float | None]) -> float:
     return 1.4826 * statistics.median(abs(x - m) for x, m in zip(logs, local))
 
 
+def level_read(start: float, floor: float) -> float:
+    """The loss FALL_SHARE of the way down from `start` to `floor`, in log-loss: where the curve is read."""
+    return start * (floor / start) ** FALL_SHARE
+
+
 def descent_midpoint(lrs: list[float], losses: list[float | None], noise: float = 0.0) -> tuple[float, float, float] | None:
     """The rate where the smoothed loss first comes FALL_SHARE of the way down from its starting level to its minimum.
 
@@ -99,7 +104,7 @@ def descent_midpoint(lrs: list[float], losses: list[float | None], noise: float 
     floor = losses[lowest]
     if lowest < START_POINTS or floor <= 0 or math.log(start / floor) < max(MIN_FALL_OVER_NOISE * noise, 1e-3):
         return None
-    level = start * (floor / start) ** FALL_SHARE
+    level = level_read(start, floor)
     k = next(k for k, x in enumerate(losses) if x <= level)
     if k == 0:
         return lrs[0], start, floor
@@ -115,13 +120,16 @@ def pick_learning_rate(lrs: list[float], losses: list[float | None], raw: list[f
     set by a few batches: on stdlib-modules, seeds 42 and 7 fell to the grid's end (picks 6.2e-4, 6.4e-4) and
     seed 1234's curve rose from 3e-3 on two hard batches (2.8e-4, which scored 4 points lower). Halfway down the
     fall those three agree to x1.05 (6.6e-4 to 6.9e-4), and over eight seeds the picks spread x2.1 against the
-    bottom's x2.9 (docs/auto.md); 60% of the way down moves the low ones into the rates that scored well. The smoothing (EMA, SMOOTHING) lags
-    the raw loss by ~4 steps, so the pick sits above where the raw loss was halfway down: that lag is part of the
+    bottom's x2.9 (docs/auto.md); 60% of the way down moves the low ones into the rates that scored well.
+    The smoothing (EMA, SMOOTHING) lags the raw loss by ~4 steps, so the pick sits above where the raw loss was halfway down: that lag is part of the
     rule as measured, and why the pick is not divided by ten.
     """
     noise = step_noise(raw) if raw is not None else 0.0
-    midpoint = descent_midpoint(lrs, losses, noise)
-    steps = finite_steps(losses)
+    return described_pick(descent_midpoint(lrs, losses, noise), finite_steps(losses), noise)
+
+
+def described_pick(midpoint: tuple[float, float, float] | None, steps: int, noise: float) -> tuple[float | None, str]:
+    """`descent_midpoint`'s reading as the rate to train with (two digits) and its one-line reason."""
     if midpoint is None:
         return None, (f"range test on this data ({steps} steps): its smoothed loss shows no fall above the steps' noise "
                       f"(x{math.exp(noise):.2f} a step) to read a rate from (lr_range.png)")
@@ -169,9 +177,10 @@ def run_range_test(loss_module, examples: list, cfg: RunConfig, batches, params,
         for p, s in zip(params, saved):
             p.copy_(s)
     if result.losses and math.isfinite(result.losses[0]):  # the rule reads the curve up to its first NaN
-        chosen, result.reason = pick_learning_rate(result.lrs, result.losses, raw)
+        noise = step_noise(raw)
+        midpoint = descent_midpoint(result.lrs, result.losses, noise)
+        chosen, result.reason = described_pick(midpoint, finite_steps(result.losses), noise)
         result.chosen = chosen or 0.0
-        midpoint = descent_midpoint(result.lrs, result.losses, step_noise(raw))
         result.start, result.minimum = midpoint[1:] if midpoint else (0.0, 0.0)
     result.seconds = time.perf_counter() - started
     return result
@@ -189,7 +198,7 @@ def plot_range_test(result: RangeTest, out_png: Path) -> Path:
     if result.chosen:
         ax.axhline(result.start, color="tab:gray", linewidth=0.8, linestyle=":", label="its start and minimum")
         ax.axhline(result.minimum, color="tab:gray", linewidth=0.8, linestyle=":")
-        ax.axhline(result.start * (result.minimum / result.start) ** FALL_SHARE, color="tab:green", linewidth=0.8,
+        ax.axhline(level_read(result.start, result.minimum), color="tab:green", linewidth=0.8,
                    label=f"{FALL_SHARE:.0%} of the way down (log)")
         ax.axvline(result.chosen, color="tab:red", linestyle="--", label=f"chosen {result.chosen:.1e}")
     ax.set_xscale("log")
