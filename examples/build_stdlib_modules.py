@@ -109,16 +109,17 @@ def example(text: str, package: str) -> dict:
                          {"role": "assistant", "content": package}]}
 
 
-def split_rows(by_class: dict[str, list[str]], n_test: int, n_val: int, rng: random.Random) -> dict[str, list[dict]]:
-    """Stratified split: each class gives test and validation rows in proportion to its size."""
+def split_rows(by_class: dict[str, list[str]], n_test: int, n_val: int, rng: random.Random,
+               make=example) -> dict[str, list[dict]]:
+    """Stratified split: each class gives test and validation rows in proportion to its size; `make(text, label)` a row."""
     total = sum(len(v) for v in by_class.values())
     splits: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
     for package, texts in sorted(by_class.items()):
         n_te = round(n_test * len(texts) / total)
         n_va = round(n_val * len(texts) / total)
-        splits["test"] += [example(t, package) for t in texts[:n_te]]
-        splits["validation"] += [example(t, package) for t in texts[n_te:n_te + n_va]]
-        splits["train"] += [example(t, package) for t in texts[n_te + n_va:]]
+        splits["test"] += [make(t, package) for t in texts[:n_te]]
+        splits["validation"] += [make(t, package) for t in texts[n_te:n_te + n_va]]
+        splits["train"] += [make(t, package) for t in texts[n_te + n_va:]]
     for rows in splits.values():
         rng.shuffle(rows)
     return splits
