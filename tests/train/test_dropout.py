@@ -27,3 +27,13 @@ def test_same_seed_same_mask_and_identity_in_eval():
     b = drop(x)
     assert torch.equal(a, b) and not torch.equal(a, drop(x))
     assert torch.equal(drop.eval()(x), x)
+
+
+def test_keep_share_is_exact_at_a_small_rate():
+    """16 random bits a value: P(keep) = 0.95 to 2^-16, so a million draws land within a few standard errors (2e-4)."""
+    from tunewright.train.dropout import dropout_keep_mask
+
+    torch.manual_seed(0)
+    mask = dropout_keep_mask((1000, 1000), 0.05, torch.device("cpu"))
+    assert mask.dtype == torch.bool
+    assert abs(mask.float().mean().item() - 0.95) < 1e-3
