@@ -19,21 +19,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import sys
 import warnings
-from collections import Counter
 from pathlib import Path
 
-from build_stdlib_modules import (
-    documented_objects,
-    normalized,
-    package_modules,
-    split_rows,
-    strip_name,
-)
+from build_stdlib_modules import collect, strip_name, write_task
 from build_stdlib_qa import _SENTENCE_END_RE, _paragraphs, clean_markup
 
 LIBRARIES = {  # name -> import aliases deleted where they start a dotted name ("np.array")
@@ -70,18 +62,11 @@ def strip_library(text: str, library: str) -> str:
     return re.sub(r"\s+([.,;:])", r"\1", re.sub(r"\s{2,}", " ", text)).strip()
 
 
-def collect(library: str) -> dict[str, str]:
-    """Name-stripped docstring texts of `library`, keyed by their normalized form."""
-    texts = {}
-    for module in package_modules(library):
-        for obj in documented_objects(module):
-            doc = getattr(obj, "__doc__", None)
-            text = prose(doc) if isinstance(doc, str) else None
-            if text:
-                text = strip_library(text, library)
-                if len(text) >= MIN_CHARS:
-                    texts.setdefault(normalized(text), text)
-    return texts
+def library_text(doc: str, library: str) -> str | None:
+    """A docstring's prose with the library's names deleted, or None when it is too short."""
+    text = prose(doc)
+    text = strip_library(text, library) if text else None
+    return text if text and len(text) >= MIN_CHARS else None
 
 
 def example(text: str, library: str) -> dict:
@@ -92,20 +77,8 @@ def example(text: str, library: str) -> dict:
 def build(out: Path, n_test: int, n_val: int, seed: int) -> dict[str, int]:
     warnings.simplefilter("ignore")
     rng = random.Random(seed)
-    texts = {name: collect(name) for name in sorted(LIBRARIES)}
-    seen = Counter(key for ts in texts.values() for key in ts)
-    by_class = {}
-    for name, ts in texts.items():
-        unique = sorted(t for key, t in ts.items() if seen[key] == 1)
-        rng.shuffle(unique)
-        by_class[name] = unique[:MAX_PER_CLASS]
-    out.mkdir(parents=True, exist_ok=True)
-    sizes = {}
-    for split, rows in split_rows(by_class, n_test, n_val, rng, make=example).items():
-        (out / f"{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        sizes[split] = len(rows)
-    sizes.update({f"class:{name}": len(v) for name, v in by_class.items()})
-    return sizes
+    texts = {name: collect(name, library_text) for name in sorted(LIBRARIES)}
+    return write_task(out, texts, n_test, n_val, rng, MAX_PER_CLASS, example)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,17 +90,22 @@ def normalized(text: str) -> str:
     return re.sub(r"\W+", " ", text.lower()).strip()
 
 
-def collect(package: str) -> dict[str, str]:
-    """Usable, name-stripped docstring openings of `package`, keyed by their normalized form."""
+def opening_text(doc: str, package: str) -> str | None:
+    """The usable, name-stripped opening of a docstring of `package`, or None."""
+    text = opening_sentences(doc)
+    text = strip_name(text, package) if text else None
+    return text if text and len(text.split()) >= 3 else None
+
+
+def collect(package: str, text_of=opening_text) -> dict[str, str]:
+    """`text_of(doc, package)` for every documented object of `package` (None: left out), keyed by normalized form."""
     texts = {}
     for module in package_modules(package):
         for obj in documented_objects(module):
             doc = getattr(obj, "__doc__", None)
-            text = opening_sentences(doc) if isinstance(doc, str) else None
+            text = text_of(doc, package) if isinstance(doc, str) else None
             if text:
-                text = strip_name(text, package)
-                if len(text.split()) >= 3:
-                    texts.setdefault(normalized(text), text)
+                texts.setdefault(normalized(text), text)
     return texts
 
 
@@ -125,23 +130,28 @@ def split_rows(by_class: dict[str, list[str]], n_test: int, n_val: int, rng: ran
     return splits
 
 
+def write_task(out: Path, texts: dict[str, dict[str, str]], n_test: int, n_val: int, rng: random.Random,
+               max_per_class: int, make=example) -> dict[str, int]:
+    """Drop texts found in two classes, cap each class, split stratified and write the three JSONL files."""
+    seen = Counter(key for ts in texts.values() for key in ts)
+    by_class = {}
+    for label, ts in texts.items():
+        unique = sorted(t for key, t in ts.items() if seen[key] == 1)
+        rng.shuffle(unique)
+        by_class[label] = unique[:max_per_class]
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = {}
+    for split, rows in split_rows(by_class, n_test, n_val, rng, make).items():
+        (out / f"{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        sizes[split] = len(rows)
+    sizes.update({f"class:{label}": len(v) for label, v in by_class.items()})
+    return sizes
+
+
 def build(out: Path, n_test: int, n_val: int, seed: int) -> dict[str, int]:
     warnings.simplefilter("ignore")
     rng = random.Random(seed)
-    texts = {p: collect(p) for p in PACKAGES}
-    seen = Counter(key for ts in texts.values() for key in ts)
-    by_class = {}
-    for package, ts in texts.items():
-        unique = sorted(t for key, t in ts.items() if seen[key] == 1)
-        rng.shuffle(unique)
-        by_class[package] = unique[:MAX_PER_CLASS]
-    out.mkdir(parents=True, exist_ok=True)
-    sizes = {}
-    for split, rows in split_rows(by_class, n_test, n_val, rng).items():
-        (out / f"{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        sizes[split] = len(rows)
-    sizes.update({f"class:{p}": len(v) for p, v in by_class.items()})
-    return sizes
+    return write_task(out, {p: collect(p) for p in PACKAGES}, n_test, n_val, rng, MAX_PER_CLASS)
 
 
 def main(argv: list[str] | None = None) -> int:

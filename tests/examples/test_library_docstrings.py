@@ -42,7 +42,7 @@ def test_answers_are_the_eight_libraries_and_prompts_do_not_name_theirs(split):
 def test_prompts_are_long_like_the_hidden_task():
     lengths = [len(docstring(r)) for split in SPLITS for r in rows(split)]
     assert min(lengths) >= MIN_CHARS and max(lengths) <= MAX_CHARS
-    assert sum(lengths) / len(lengths) > 500  # ~130 tokens on average, against ~40 in stdlib-modules
+    assert sum(lengths) / len(lengths) > 500  # characters; stdlib-modules' prompts are at most 240
 
 
 def test_splits_are_disjoint_stratified_and_sized_as_documented():

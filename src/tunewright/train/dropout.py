@@ -24,6 +24,17 @@ def dropout_keep_mask(shape: tuple, p: float, device) -> torch.Tensor:
     return torch.from_numpy(lanes >= np.uint16(min(round(p * 2**16), 2**16 - 1))).view(shape)
 
 
+def apply_keep_mask(x: torch.Tensor, mask: torch.Tensor | None, inplace: bool = False) -> torch.Tensor:
+    """x * mask, without dropout's scale; x itself when there is no mask.
+
+    The boolean mask is multiplied as its uint8 view: the same 0/1 values, and on CPU 3-6x faster than a
+    bool operand (0.11 vs 0.63 ms for 512 x 576 in bf16, 1 thread).
+    """
+    if mask is None:
+        return x
+    return x.mul_(mask.view(torch.uint8)) if inplace else x * mask.view(torch.uint8)
+
+
 class _DropoutMask(torch.autograd.Function):
     """x * mask / (1 - p), saving a 1-byte mask (F.dropout keeps a 4-byte float one)."""
 
@@ -32,12 +43,12 @@ class _DropoutMask(torch.autograd.Function):
         mask = dropout_keep_mask(tuple(x.shape), p, x.device)
         ctx.save_for_backward(mask)
         ctx.scale = 1.0 / (1 - p)
-        return (x * mask.view(torch.uint8)).mul_(ctx.scale)  # uint8, not bool: 3-6x faster on CPU, same values
+        return apply_keep_mask(x, mask).mul_(ctx.scale)
 
     @staticmethod
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
-        return (grad * mask.view(torch.uint8)).mul_(ctx.scale), None
+        return apply_keep_mask(grad, mask).mul_(ctx.scale), None
 
 
 class FastLoraDropout(torch.nn.Module):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
 
-from .dropout import FastLoraDropout, dropout_keep_mask
+from .dropout import FastLoraDropout, apply_keep_mask, dropout_keep_mask
 
 
 class _FusedLora(torch.autograd.Function):
@@ -31,7 +31,7 @@ class _FusedLora(torch.autograd.Function):
             mask = dropout_keep_mask(tuple(x.shape), p, x.device).view(-1, x.shape[-1]) if p > 0 else None
             x2 = x.reshape(-1, x.shape[-1]).to(dtype)
             out = F.linear(x2, weight.to(dtype), None if bias is None else bias.to(dtype))
-            low_rank = F.linear(_masked(x2, mask), lora_a.to(dtype)).mul_(_keep_scale(p))  # dropout's 1/(1-p), here on r columns
+            low_rank = F.linear(apply_keep_mask(x2, mask), lora_a.to(dtype)).mul_(_keep_scale(p))  # dropout's 1/(1-p), here on r columns
             out.addmm_(low_rank, lora_b.to(dtype).t(), alpha=scale)
         ctx.save_for_backward(x2, weight, mask, low_rank, lora_a, lora_b)
         ctx.scale, ctx.p, ctx.dtype, ctx.x_shape, ctx.x_dtype = scale, p, dtype, x.shape, x.dtype
@@ -49,28 +49,17 @@ class _FusedLora(torch.autograd.Function):
                 grad_b = (g.t() @ low_rank).mul_(ctx.scale).to(lora_b.dtype)
             grad_masked = (g @ lora_b.to(dtype)).mul_(ctx.scale * _keep_scale(p))  # the gradient of (x * mask) A^T
             if needs_a:
-                grad_a = (grad_masked.t() @ _masked(x2, mask)).to(lora_a.dtype)
+                grad_a = (grad_masked.t() @ apply_keep_mask(x2, mask)).to(lora_a.dtype)
             if needs_x:
-                grad_x = _masked(grad_masked @ lora_a.to(dtype), mask, inplace=True)
+                grad_x = apply_keep_mask(grad_masked @ lora_a.to(dtype), mask, inplace=True)
                 grad_x.addmm_(g, weight.to(dtype))
                 grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
         return grad_x, None, None, grad_a, grad_b, None, None, None
 
 
-def _masked(x: torch.Tensor, mask: torch.Tensor | None, inplace: bool = False) -> torch.Tensor:
-    """x * mask, dropout without its scale (which goes on the rank-r side); x itself when there is no mask.
-
-    The boolean mask is multiplied as its uint8 view: the same 0/1 values, and on CPU 3-6x faster than a
-    bool operand (0.11 vs 0.63 ms for 512 x 576 in bf16, 1 thread), three times per layer and step.
-    """
-    if mask is None:
-        return x
-    return x.mul_(mask.view(torch.uint8)) if inplace else x * mask.view(torch.uint8)
-
-
 def _keep_scale(p: float) -> float:
     """Inverted dropout's 1 / (1 - p), applied to the low-rank activation and its gradient instead of x-sized tensors."""
-    return 1.0 / (1.0 - p) if p > 0 else 1.0
+    return 1.0 / (1.0 - p)
 
 
 def _dropout_p(drop: torch.nn.Module) -> float | None:
